@@ -1,0 +1,230 @@
+"""Typed, validated view of params.yaml, read once per stage.
+
+Every section forbids unknown keys, so a typo such as ``distill.temprature`` is an error that
+suggests the right name instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from kdpipe.errors import ConfigError
+
+PARAMS_FILE = "params.yaml"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _one_of(kind: str, value: str, allowed: list[str]) -> str:
+    if value not in allowed:
+        close = difflib.get_close_matches(value, allowed, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ValueError(f"unknown {kind} '{value}'{hint}; allowed: {', '.join(allowed)}")
+    return value
+
+
+class AugmentConfig(Section):
+    crop_padding: int = Field(1, ge=0, description="random-crop padding in pixels (0 = off)")
+    hflip: bool = Field(False, description="random horizontal flip (wrong for digits/text)")
+
+
+class DataConfig(Section):
+    dataset: str = "digits"
+    root: str | None = None
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    max_train_samples: int | None = Field(None, ge=1)
+    max_test_samples: int | None = Field(None, ge=1)
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        from kdpipe.data.sources import SOURCES
+
+        return _one_of("data set", v, sorted(SOURCES))
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> DataConfig:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("val_fraction + test_fraction must stay below 0.9")
+        return self
+
+
+class TrainConfig(Section):
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(512, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool = True
+    num_threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = all cores")
+    deterministic: bool = True
+    augment: AugmentConfig = AugmentConfig()
+
+
+class RoleConfig(Section):
+    """What every trained network shares: architecture and its optimisation recipe."""
+
+    arch: str
+    epochs: int = Field(ge=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+    scheduler: Literal["onecycle", "cosine", "step", "none"] = "onecycle"
+    warmup_fraction: float = Field(0.25, ge=0, lt=1, description="onecycle: share of steps warming up")
+    step_size: int = Field(30, ge=1, description="step: epochs between decays")
+    gamma: float = Field(0.1, gt=0, le=1, description="step: decay factor")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        from kdpipe.models.registry import MODELS
+
+        return _one_of("architecture", v, sorted(MODELS))
+
+
+class DistillConfig(Section):
+    """One distillation link. ``alpha`` weights the distillation term:
+    loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels)."""
+
+    model_config = ConfigDict(extra="allow", validate_default=True)
+
+    method: str = "kd"
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.9, ge=0, le=1)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from kdpipe.methods import METHODS
+
+        return _one_of("distillation method", v, sorted(METHODS))
+
+    @model_validator(mode="after")
+    def _method_sections(self) -> DistillConfig:
+        # Extra keys are allowed only as per-method sections (``distill.<method>: {...}``),
+        # each validated by the method's own schema.
+        from kdpipe.methods import METHODS
+
+        for key, value in list((self.model_extra or {}).items()):
+            fields = sorted(set(type(self).model_fields) | set(METHODS))
+            if key not in METHODS:
+                close = difflib.get_close_matches(key, fields, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ValueError(f"unknown key '{key}'{hint}")
+            schema = METHODS[key].Params
+            if schema is None:
+                raise ValueError(f"method '{key}' takes no settings of its own")
+            self.model_extra[key] = schema.model_validate(value or {})
+        return self
+
+    def method_params(self) -> BaseModel | None:
+        schema = _method_schema(self.method)
+        if schema is None:
+            return None
+        return (self.model_extra or {}).get(self.method) or schema()
+
+
+def _method_schema(name: str):
+    from kdpipe.methods import METHODS
+
+    return METHODS[name].Params
+
+
+class AssistantConfig(RoleConfig):
+    distill: DistillConfig = DistillConfig()
+
+
+class StudentDistillConfig(DistillConfig):
+    teacher: Literal["assistant", "teacher"] = Field(
+        "assistant", description="who teaches the student: the assistant (chain) or the teacher"
+    )
+
+
+class QuantizeConfig(Section):
+    opset: int = Field(18, ge=13)
+    atol: float = Field(1e-4, gt=0, description="max |logit difference| ONNX fp32 vs PyTorch")
+    calibration_samples: int = Field(512, ge=1)
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    per_channel: bool = True
+
+
+class EvaluateConfig(Section):
+    latency_threads: int = Field(1, ge=1, description="CPU threads used to time batch-1 latency")
+    latency_warmup: int = Field(10, ge=0)
+    latency_runs: int = Field(50, ge=1)
+
+
+class Params(Section):
+    seed: int = 42
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    teacher: RoleConfig
+    assistant: AssistantConfig
+    student: RoleConfig
+    distill: StudentDistillConfig = StudentDistillConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+    def role(self, name: str) -> RoleConfig:
+        if name not in ROLES:
+            raise KeyError(name)
+        return getattr(self, name)
+
+
+ROLES = ("teacher", "assistant", "student")
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc if not str(p).startswith("function-after"))
+
+
+def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
+    loc = _location(err["loc"])
+    if err["type"] == "extra_forbidden":
+        # Suggest the closest valid key of the section the typo sits in.
+        section: Any = model
+        for part in err["loc"][:-1]:
+            field = section.model_fields.get(str(part)) if isinstance(section, type) else None
+            section = field.annotation if field is not None else None
+        key = str(err["loc"][-1])
+        hint = ""
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            close = difflib.get_close_matches(key, list(section.model_fields), n=1)
+            if close:
+                hint = f" (did you mean '{close[0]}'?)"
+        return f"{loc}: unknown key{hint}"
+    value = err.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg}{shown}"
+
+
+def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(e, Params) for e in exc.errors()]
+        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(lines)) from None
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found (run from the repository root)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(raw, str(path))

@@ -1,0 +1,1 @@
+"""Data: sources (registry by name), the prepare step, and loading prepared splits."""

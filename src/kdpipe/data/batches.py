@@ -1,0 +1,79 @@
+"""Whole-batch tensor pipeline: shuffling, augmentation and normalisation on the device.
+
+No per-sample PIL work: a batch is indexed out of the uint8 tensor, moved to the device once,
+and cropped/flipped there with a seeded generator, so the loop stays fast and reproducible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from kdpipe.config import AugmentConfig
+from kdpipe.data.prepared import PreparedMeta, Split
+
+
+def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero-pad by ``padding`` and cut a random window of the original size from each image."""
+    if padding <= 0:
+        return x
+    b, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
+    off = torch.randint(0, 2 * padding + 1, (2, b), generator=generator, device=generator.device).to(x.device)
+    rows = (off[0][:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (off[1][:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    chan = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(x.shape[0], generator=generator, device=generator.device).to(x.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+class BatchTransform:
+    """uint8 batch -> normalised float batch on ``device`` (augmented when training)."""
+
+    def __init__(self, meta: PreparedMeta, device: torch.device, channels_last: bool = True):
+        self.device = device
+        self.mean = torch.tensor(meta.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(meta.std, device=device).view(1, -1, 1, 1)
+        self.channels_last = channels_last
+
+    def __call__(
+        self, images: torch.Tensor, augment: AugmentConfig | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        x = images.to(self.device, non_blocking=True).float().div_(255.0)
+        if augment is not None:
+            assert generator is not None, "augmentation needs a seeded generator"
+            x = random_crop(x, augment.crop_padding, generator)
+            if augment.hflip:
+                x = random_hflip(x, generator)
+        x = (x - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+def iterate_batches(
+    split: Split,
+    batch_size: int,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    n = len(split)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    # Dropping a ragged last batch keeps BatchNorm away from tiny batches while training.
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    for start in range(0, stop, batch_size):
+        idx = order[start : start + batch_size]
+        yield split.images[idx], split.labels[idx]
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
+    if drop_last and n >= batch_size:
+        return n // batch_size
+    return -(-n // batch_size)

@@ -1,0 +1,121 @@
+"""Prepare: raw source -> seeded stratified train/val/test uint8 arrays plus metadata."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from kdpipe.config import DataConfig
+from kdpipe.data.prepared import META_FILE, SPLITS, PreparedMeta
+from kdpipe.data.sources import SOURCES
+from kdpipe.errors import DataError
+from kdpipe.io import write_json
+
+log = logging.getLogger("kdpipe")
+Split = tuple[np.ndarray, np.ndarray]
+
+
+def stratified_split(x: np.ndarray, y: np.ndarray, take: float | int, seed: int) -> tuple[Split, Split]:
+    """Split off ``take`` samples (a fraction or a count) with class proportions kept."""
+    try:
+        x_rest, x_take, y_rest, y_take = train_test_split(x, y, test_size=take, stratify=y, random_state=seed)
+    except ValueError as exc:
+        raise DataError(f"cannot make a stratified split of {len(y)} samples: {exc}") from None
+    return (x_rest, y_rest), (x_take, y_take)
+
+
+def subsample(split: Split, limit: int | None, seed: int) -> Split:
+    x, y = split
+    if limit is None or limit >= len(y):
+        return split
+    _, kept = stratified_split(x, y, limit, seed)
+    return kept
+
+
+def make_splits(cfg: DataConfig, seed: int) -> tuple[list[str], dict[str, Split]]:
+    source = SOURCES[cfg.dataset](cfg)
+    train = source.train
+    test = source.test
+    if test is None:
+        train, test = stratified_split(*train, cfg.test_fraction, seed)
+    val = source.val
+    if val is None:
+        # val_fraction is a share of all labelled data, so it means the same with or without a test split
+        share = cfg.val_fraction / (1.0 - cfg.test_fraction) if source.test is None else cfg.val_fraction
+        train, val = stratified_split(*train, share, seed + 1)
+    splits = {
+        "train": subsample(train, cfg.max_train_samples, seed + 2),
+        "val": val,
+        "test": subsample(test, cfg.max_test_samples, seed + 3),
+    }
+    for name, (x, y) in splits.items():
+        if x.dtype != np.uint8 or x.ndim != 4:
+            raise DataError(f"{cfg.dataset}: {name} images must be uint8 (N, C, H, W), got {x.dtype} {x.shape}")
+        missing = sorted(set(range(len(source.class_names))) - set(np.unique(y).tolist()))
+        if missing:
+            names = ", ".join(source.class_names[i] for i in missing)
+            raise DataError(f"{cfg.dataset}: {name} split has no images of class(es) {names}")
+    return source.class_names, splits
+
+
+def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
+    scaled = x.astype(np.float64) / 255.0
+    mean = scaled.mean(axis=(0, 2, 3))
+    std = scaled.std(axis=(0, 2, 3))
+    return mean.round(6).tolist(), np.maximum(std, 1e-6).round(6).tolist()
+
+
+def prepare(cfg: DataConfig, seed: int, out_dir: str | Path, metrics_file: str | Path) -> PreparedMeta:
+    start = time.perf_counter()
+    class_names, splits = make_splits(cfg, seed)
+    x_train = splits["train"][0]
+    mean, std = channel_stats(x_train)
+    meta = PreparedMeta(
+        dataset=cfg.dataset,
+        class_names=class_names,
+        channels=int(x_train.shape[1]),
+        height=int(x_train.shape[2]),
+        width=int(x_train.shape[3]),
+        mean=mean,
+        std=std,
+        counts={name: int(len(y)) for name, (_, y) in splits.items()},
+    )
+    # Build the whole folder aside and swap it in, so a failure never leaves a partial data set.
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for name in SPLITS:
+            x, y = splits[name]
+            np.save(tmp / f"{name}_x.npy", np.ascontiguousarray(x))
+            np.save(tmp / f"{name}_y.npy", y.astype(np.int64))
+        write_json(tmp / META_FILE, meta.to_dict())
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    seconds = time.perf_counter() - start
+    per_class = {
+        name: {class_names[c]: int(n) for c, n in zip(*np.unique(y, return_counts=True))}
+        for name, (_, y) in splits.items()
+    }
+    write_json(
+        metrics_file,
+        {
+            "dataset": cfg.dataset,
+            "num_classes": len(class_names),
+            "image_shape": [meta.channels, meta.height, meta.width],
+            "counts": meta.counts,
+            "per_class": per_class,
+            "seconds": round(seconds, 3),
+        },
+    )
+    log.info("prepared %s: %s, image %sx%sx%s", cfg.dataset, meta.counts, meta.channels, meta.height, meta.width)
+    return meta

@@ -1,0 +1,90 @@
+"""Loading the prepared splits: memory-mapped uint8 arrays checked against their metadata."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdpipe.errors import DataError, MissingInputError
+from kdpipe.io import read_json
+
+SPLITS = ("train", "val", "test")
+META_FILE = "meta.json"
+
+
+@dataclass
+class PreparedMeta:
+    dataset: str
+    class_names: list[str]
+    channels: int
+    height: int
+    width: int
+    mean: list[float]
+    std: list[float]
+    counts: dict[str, int]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 (N, C, H, W)
+    labels: torch.Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class PreparedData:
+    meta: PreparedMeta
+    splits: dict[str, Split]
+
+    def __getitem__(self, name: str) -> Split:
+        return self.splits[name]
+
+
+def load_meta(root: str | Path) -> PreparedMeta:
+    path = Path(root) / META_FILE
+    if not path.is_file():
+        raise MissingInputError(f"{path} not found: run `dvc repro prepare` first")
+    try:
+        return PreparedMeta(**read_json(path))
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"{path} is unreadable or from another version: {exc}") from None
+
+
+def load_prepared(root: str | Path, splits: tuple[str, ...] = SPLITS) -> PreparedData:
+    root = Path(root)
+    meta = load_meta(root)
+    loaded = {}
+    for name in splits:
+        xp, yp = root / f"{name}_x.npy", root / f"{name}_y.npy"
+        try:
+            x = np.load(xp, mmap_mode="r")
+            y = np.load(yp, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{xp.parent}: cannot read the {name} split ({exc}); re-run `dvc repro prepare`") from None
+        expected = (meta.counts.get(name), *meta.image_shape)
+        if x.dtype != np.uint8 or tuple(x.shape) != expected or y.shape != (expected[0],):
+            raise DataError(
+                f"{xp} does not match {root / META_FILE}: images {x.dtype} {tuple(x.shape)}, labels "
+                f"{tuple(y.shape)}, expected uint8 {expected}; re-run `dvc repro prepare`"
+            )
+        labels = torch.from_numpy(np.array(y, dtype=np.int64))
+        if len(labels) and (labels.min() < 0 or labels.max() >= meta.num_classes):
+            raise DataError(f"{yp}: labels outside 0..{meta.num_classes - 1}")
+        loaded[name] = Split(torch.from_numpy(np.array(x)), labels)
+    return PreparedData(meta, loaded)

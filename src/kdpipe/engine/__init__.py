@@ -1,0 +1,1 @@
+"""Engine: device/precision runtime, optimisation recipe, training loop and inference."""

@@ -1,0 +1,33 @@
+"""Optimiser and learning-rate schedule from a role's recipe; schedules step per batch."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from kdpipe.config import RoleConfig
+
+
+def build_optimizer(params, cfg: RoleConfig) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay
+        )
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: RoleConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    total = cfg.epochs * steps_per_epoch
+    if cfg.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, total_steps=total, pct_start=max(cfg.warmup_fraction, 1.0 / total),
+            cycle_momentum=cfg.optimizer == "sgd" and cfg.momentum > 0,
+        )
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+    if cfg.scheduler == "step":
+        every = cfg.step_size * steps_per_epoch
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: cfg.gamma ** (step // every))
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+

@@ -1,0 +1,169 @@
+"""The training loop shared by every role: one epoch over whole-batch tensors, validation,
+best-on-validation selection (never test), and per-epoch logging."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from kdpipe.config import RoleConfig, TrainConfig
+from kdpipe.data.batches import BatchTransform, iterate_batches, num_batches
+from kdpipe.data.prepared import PreparedData
+from kdpipe.engine.inference import predict_logits
+from kdpipe.engine.optim import build_optimizer, build_scheduler
+from kdpipe.engine.runtime import Runtime
+from kdpipe.errors import KdpipeError
+from kdpipe.methods.base import Method
+
+log = logging.getLogger("kdpipe")
+
+
+class EpochLogger(Protocol):
+    def log_epoch(self, epoch: int, values: dict[str, float]) -> None: ...
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_val_accuracy: float
+    best_val_loss: float
+    last_val_accuracy: float
+    epochs: int
+    train_seconds: float
+    images_per_second: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class NonFiniteLossError(KdpipeError):
+    pass
+
+
+def fit(
+    method: Method,
+    role: RoleConfig,
+    train_cfg: TrainConfig,
+    data: PreparedData,
+    runtime: Runtime,
+    seed: int,
+    logger: EpochLogger | None = None,
+    desc: str = "train",
+) -> FitResult:
+    device = runtime.device
+    method.to(device)
+    if method.teacher is not None:
+        method.teacher.to(device)
+    if train_cfg.channels_last:
+        method.to(memory_format=torch.channels_last)
+        if method.teacher is not None:
+            method.teacher.to(memory_format=torch.channels_last)
+    transform = BatchTransform(data.meta, device, train_cfg.channels_last)
+    train, val = data["train"], data["val"]
+    batch_size = min(train_cfg.batch_size, len(train))
+    steps = num_batches(len(train), batch_size, drop_last=True)
+    optimizer = build_optimizer(method.parameters(), role)
+    scheduler = build_scheduler(optimizer, role, steps)
+    scaler = runtime.grad_scaler()
+    # One generator for shuffling (CPU indices) and one for augmentation (on the device).
+    shuffle_gen = torch.Generator().manual_seed(seed)
+    aug_gen = torch.Generator(device=device).manual_seed(seed + 1)
+
+    best_state: dict[str, torch.Tensor] | None = None
+    best = (-1.0, math.inf)  # (val accuracy, -val loss) ordering: accuracy first, then lower loss
+    best_epoch = 0
+    history: list[dict[str, float]] = []
+    start = time.perf_counter()
+    seen = 0
+    for epoch in range(1, role.epochs + 1):
+        epoch_start = time.perf_counter()
+        method.train()
+        sums = {"loss": torch.zeros((), device=device), "correct": torch.zeros((), device=device)}
+        terms_sum: dict[str, torch.Tensor] = {}
+        count = 0
+        lr = optimizer.param_groups[0]["lr"]
+        bar = tqdm(
+            iterate_batches(train, batch_size, shuffle=True, generator=shuffle_gen, drop_last=True),
+            total=steps, desc=f"{desc} {epoch}/{role.epochs}", leave=False,
+            disable=None,  # quiet when not on a terminal
+        )
+        for images, labels in bar:
+            x = transform(images, train_cfg.augment, aug_gen)
+            y = labels.to(device, non_blocking=True)
+            with runtime.autocast():
+                logits, loss, terms = method(x, y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            n = len(y)
+            count += n
+            sums["loss"] += loss.detach() * n
+            sums["correct"] += (logits.argmax(1) == y).sum()
+            for k, v in terms.items():
+                terms_sum[k] = terms_sum.get(k, 0) + v * n
+        seen += count
+        train_loss = float(sums["loss"]) / count  # one sync per epoch, not per step
+        if not math.isfinite(train_loss):
+            detail = ", ".join(f"{k}={float(v) / count:.4g}" for k, v in terms_sum.items())
+            raise NonFiniteLossError(
+                f"{desc}: loss became {train_loss} in epoch {epoch} ({detail}); "
+                f"try a lower {desc}.lr, precision fp32, or check the data"
+            )
+        val_logits = predict_logits(method.student, val, transform, train_cfg.eval_batch_size, runtime.autocast)
+        val_loss = float(torch.nn.functional.cross_entropy(val_logits, val.labels))
+        val_acc = float((val_logits.argmax(1) == val.labels).float().mean())
+        values = {
+            "train/loss": train_loss,
+            "train/acc": float(sums["correct"]) / count,
+            **{f"train/{k}": float(v) / count for k, v in terms_sum.items()},
+            "val/loss": val_loss,
+            "val/acc": val_acc,
+            "lr": lr,
+            "epoch_seconds": time.perf_counter() - epoch_start,
+        }
+        if device.type == "cuda":
+            values["gpu_peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        history.append(values)
+        if logger is not None:
+            logger.log_epoch(epoch, values)
+        log.info(
+            "%s epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  (%.1fs)",
+            desc, epoch, role.epochs, train_loss, values["train/acc"], val_loss, val_acc, values["epoch_seconds"],
+        )
+        if (val_acc, -val_loss) > (best[0], -best[1]):
+            best = (val_acc, val_loss)
+            best_epoch = epoch
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in method.student.state_dict().items()})
+    seconds = time.perf_counter() - start
+    assert best_state is not None
+    method.student.load_state_dict(best_state)
+    method.student.to("cpu").to(memory_format=torch.contiguous_format).eval()
+    return FitResult(
+        best_epoch=best_epoch,
+        best_val_accuracy=best[0],
+        best_val_loss=best[1],
+        last_val_accuracy=history[-1]["val/acc"],
+        epochs=role.epochs,
+        train_seconds=seconds,
+        images_per_second=seen / seconds,
+        history=history,
+    )
+
+
+def summary(result: FitResult) -> dict[str, Any]:
+    return {
+        "best_epoch": result.best_epoch,
+        "best_val_accuracy": round(result.best_val_accuracy, 6),
+        "best_val_loss": round(result.best_val_loss, 6),
+        "last_val_accuracy": round(result.last_val_accuracy, 6),
+        "epochs": result.epochs,
+        "train_seconds": round(result.train_seconds, 2),
+        "images_per_second": round(result.images_per_second, 1),
+    }

@@ -1,0 +1,77 @@
+"""Distillation method base class and registry.
+
+A method wraps the student (and, if it needs one, a frozen teacher) and turns a batch into
+the student's logits and a loss. Parts it adds (regressors, projections, heads) are its own
+submodules: they train with the student through ``method.parameters()`` and are never saved
+with it. Adding a method is one module that subclasses ``Method`` and registers a name.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from pydantic import BaseModel
+from torch import nn
+
+if TYPE_CHECKING:
+    from kdpipe.config import DistillConfig
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(name: str):
+    def wrap(cls: type[Method]) -> type[Method]:
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return wrap
+
+
+class Method(nn.Module):
+    name: ClassVar[str] = ""
+    needs_teacher: ClassVar[bool] = True
+    # Schema of the method's own settings under ``distill.<name>`` (None: it has none).
+    Params: ClassVar[type[BaseModel] | None] = None
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        cfg: DistillConfig | None = None,
+        label_smoothing: float = 0.0,
+    ):
+        super().__init__()
+        if self.needs_teacher and teacher is None:
+            raise ValueError(f"distillation method '{self.name}' needs a teacher")
+        self.student = student
+        # Kept out of the module tree: the teacher is frozen and must not reach the optimiser.
+        self.__dict__["teacher"] = teacher
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+        self.cfg = cfg
+        self.label_smoothing = label_smoothing
+
+    teacher: nn.Module | None
+
+    def train(self, mode: bool = True) -> Method:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.teacher(x)
+
+    def cross_entropy(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Return (student logits, total loss, named loss terms for logging)."""
+        raise NotImplementedError
+
+    def extra_parameters(self) -> int:
+        student = {id(p) for p in self.student.parameters()}
+        return sum(p.numel() for p in self.parameters() if id(p) not in student)

@@ -1,0 +1,41 @@
+"""``kd``: Hinton et al. (2015) soft targets.
+
+loss = alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)
+``alpha`` weights the distillation term; T^2 keeps its gradients on the scale of the CE term.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from kdpipe.methods.base import Method, register_method
+
+
+def kd_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher/T) || softmax(student/T)), averaged over the batch, in fp32."""
+    t = temperature
+    log_p_student = F.log_softmax(student_logits.float() / t, dim=1)
+    log_p_teacher = F.log_softmax(teacher_logits.float() / t, dim=1)
+    return F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean") * (t * t)
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+    alpha: float,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return (total, kd term, ce term)."""
+    kd = kd_divergence(student_logits, teacher_logits, temperature)
+    ce = F.cross_entropy(student_logits.float(), labels, label_smoothing=label_smoothing)
+    return alpha * kd + (1.0 - alpha) * ce, kd, ce
+
+
+@register_method("kd")
+class HintonKD(Method):
+    def forward(self, x, y):
+        teacher = self.teacher_logits(x)
+        logits = self.student(x)
+        loss, kd, ce = kd_loss(logits, teacher, y, self.cfg.temperature, self.cfg.alpha, self.label_smoothing)
+        return logits, loss, {"kd": kd.detach(), "ce": ce.detach()}

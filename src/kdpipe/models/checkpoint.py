@@ -1,0 +1,58 @@
+"""Checkpoints: a trained model with what is needed to rebuild and use it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdpipe.errors import MissingInputError
+from kdpipe.io import write_with
+from kdpipe.models.registry import build_model
+
+FORMAT = "kdpipe-checkpoint/1"
+
+
+@dataclass
+class ModelInfo:
+    role: str
+    arch: str
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    class_names: list[str]
+    mean: list[float]
+    std: list[float]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> nn.Module:
+        c, h, w = self.image_shape
+        return build_model(self.arch, self.num_classes, c, max(h, w))
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, info: ModelInfo) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "info": asdict(info), "state_dict": state}
+    write_with(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: str | Path, stage_hint: str | None = None) -> tuple[nn.Module, ModelInfo]:
+    """Rebuild the model in eval mode on the CPU; a clear error if the file is missing or bad."""
+    path = Path(path)
+    hint = f": run `dvc repro {stage_hint}` first" if stage_hint else ""
+    if not path.is_file():
+        raise MissingInputError(f"{path} not found{hint}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if payload.get("format") != FORMAT:
+            raise ValueError(f"format {payload.get('format')!r}, expected {FORMAT!r}")
+        raw = dict(payload["info"])
+        raw["image_shape"] = tuple(raw["image_shape"])
+        info = ModelInfo(**raw)
+        model = info.build()
+        model.load_state_dict(payload["state_dict"])
+    except Exception as exc:  # any failure to read is the same problem for the user
+        raise MissingInputError(f"{path} is not a readable kdpipe checkpoint ({exc}){hint}") from None
+    return model.eval(), info

@@ -1,0 +1,29 @@
+"""Where stages read and write; dvc.yaml declares the same paths."""
+
+from pathlib import Path
+
+PREPARED_DIR = Path("data/prepared")
+MODELS_DIR = Path("models")
+METRICS_DIR = Path("metrics")
+PLOTS_DIR = Path("plots")
+
+STAGE_OF_ROLE = {"teacher": "train_teacher", "assistant": "train_assistant", "student": "distill_student"}
+
+
+def checkpoint_path(role: str) -> Path:
+    return MODELS_DIR / f"{role}.pt"
+
+
+def train_metrics_path(role: str) -> Path:
+    return METRICS_DIR / f"train_{role}.json"
+
+
+def live_dir(role: str) -> Path:
+    return PLOTS_DIR / "train" / role
+
+
+STUDENT_ONNX = MODELS_DIR / "student.onnx"
+STUDENT_INT8_ONNX = MODELS_DIR / "student_int8.onnx"
+QUANTIZE_METRICS = METRICS_DIR / "quantize.json"
+EVALUATE_METRICS = METRICS_DIR / "evaluate.json"
+PREPARE_METRICS = METRICS_DIR / "prepare.json"

@@ -1,0 +1,130 @@
+"""Post-training static int8 quantization with ONNX Runtime (QDQ, per-channel weights).
+
+ONNX Runtime's quantizer is used because the deployable artefact is the ONNX file itself: it
+calibrates and quantizes the exported graph, and the same runtime executes it, so what is
+measured is what ships. (PyTorch's eager quantization is deprecated; PT2E targets other runtimes.)
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from kdpipe import paths
+from kdpipe.config import Params
+from kdpipe.data.batches import BatchTransform
+from kdpipe.data.prepared import load_prepared
+from kdpipe.io import atomic_path, write_json
+from kdpipe.models.checkpoint import load_checkpoint
+from kdpipe.onnx_export import check_parity, export_onnx, onnx_logits, ort_session
+
+log = logging.getLogger("kdpipe")
+
+CALIBRATION_METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
+
+
+class ArrayCalibrationReader(CalibrationDataReader):
+    def __init__(self, input_name: str, images: np.ndarray, batch_size: int = 32):
+        self.input_name = input_name
+        self.batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+        self.pos = 0
+
+    def get_next(self):
+        if self.pos >= len(self.batches):
+            return None
+        self.pos += 1
+        return {self.input_name: self.batches[self.pos - 1]}
+
+    def rewind(self):
+        self.pos = 0
+
+
+def calibration_images(images: torch.Tensor, labels: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+    """A seeded subset of training images, with every class represented where possible."""
+    if count >= len(labels):
+        return images
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    try:
+        _, picked = train_test_split(idx, test_size=count, stratify=labels.numpy(), random_state=seed)
+    except ValueError:
+        picked = np.random.default_rng(seed).choice(idx, size=count, replace=False)
+    return images[torch.as_tensor(np.sort(picked))]
+
+
+def quantize_int8(
+    fp32_path: str | Path, int8_path: str | Path, calibration: np.ndarray, method: str, per_channel: bool
+) -> None:
+    with tempfile.TemporaryDirectory() as tmpdir:
+        pre = Path(tmpdir) / "preprocessed.onnx"
+        # Shape inference and graph optimisation (BN folding) first, as ONNX Runtime recommends.
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
+        with atomic_path(int8_path) as tmp:
+            quantize_static(
+                str(pre), str(tmp), ArrayCalibrationReader("input", calibration.astype(np.float32)),
+                quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                calibrate_method=CALIBRATION_METHODS[method],
+                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            )
+            copy_metadata(fp32_path, tmp)
+
+
+def copy_metadata(src: str | Path, dst: str | Path) -> None:
+    source, target = onnx.load(str(src)), onnx.load(str(dst))
+    known = {p.key for p in target.metadata_props}
+    for prop in source.metadata_props:
+        if prop.key not in known:
+            target.metadata_props.add(key=prop.key, value=prop.value)
+    onnx.save_model(target, str(dst))
+
+
+def quantize_student(params: Params) -> None:
+    """The quantize stage: export the student, check it, quantize it, record what was checked."""
+    cfg = params.quantize
+    model, info = load_checkpoint(paths.checkpoint_path("student"), paths.STAGE_OF_ROLE["student"])
+    data = load_prepared(paths.PREPARED_DIR, splits=("train", "val"))
+    transform = BatchTransform(data.meta, torch.device("cpu"), channels_last=False)
+
+    export_onnx(model, info, paths.STUDENT_ONNX, cfg.opset)
+    val_x = transform(data["val"].images)
+    max_diff = check_parity(model, paths.STUDENT_ONNX, val_x, cfg.atol)
+    log.info("exported %s (max |logit diff| vs PyTorch %.2e)", paths.STUDENT_ONNX, max_diff)
+
+    train = data["train"]
+    calib = transform(calibration_images(train.images, train.labels, cfg.calibration_samples, params.seed)).numpy()
+    quantize_int8(paths.STUDENT_ONNX, paths.STUDENT_INT8_ONNX, calib, cfg.calibration_method, cfg.per_channel)
+
+    val_y = data["val"].labels.numpy()
+    acc = {
+        name: float((onnx_logits(ort_session(path), val_x.numpy()).argmax(1) == val_y).mean())
+        for name, path in (("fp32", paths.STUDENT_ONNX), ("int8", paths.STUDENT_INT8_ONNX))
+    }
+    write_json(
+        paths.QUANTIZE_METRICS,
+        {
+            "onnx_max_abs_diff": max_diff,
+            "onnx_atol": cfg.atol,
+            "opset": cfg.opset,
+            "calibration_samples": int(len(calib)),
+            "calibration_method": cfg.calibration_method,
+            "per_channel": cfg.per_channel,
+            "val_accuracy_fp32": round(acc["fp32"], 6),
+            "val_accuracy_int8": round(acc["int8"], 6),
+            "size_mb_fp32": round(paths.STUDENT_ONNX.stat().st_size / 1e6, 4),
+            "size_mb_int8": round(paths.STUDENT_INT8_ONNX.stat().st_size / 1e6, 4),
+        },
+    )
+    log.info("quantized %s: val accuracy fp32 %.4f -> int8 %.4f", paths.STUDENT_INT8_ONNX, acc["fp32"], acc["int8"])

@@ -1,0 +1,95 @@
+"""The three training stages: teacher (cross-entropy), assistant (distilled from the teacher)
+and student (distilled from the assistant, or from the teacher when the chain is off)."""
+
+from __future__ import annotations
+
+import logging
+
+from dvclive import Live
+
+from kdpipe import paths
+from kdpipe.config import DistillConfig, Params
+from kdpipe.data.prepared import load_prepared
+from kdpipe.engine.runtime import setup_runtime
+from kdpipe.engine.trainer import fit, summary
+from kdpipe.errors import MissingInputError
+from kdpipe.io import write_json
+from kdpipe.methods import METHODS, build_method
+from kdpipe.models.checkpoint import ModelInfo, load_checkpoint, save_checkpoint
+from kdpipe.models.registry import build_model, count_parameters
+
+log = logging.getLogger("kdpipe")
+ROLE_SEED_OFFSET = {"teacher": 0, "assistant": 1000, "student": 2000}
+
+
+class DvcLiveLogger:
+    """Per-epoch metrics through dvclive; dvc.yaml declares the plots itself."""
+
+    def __init__(self, live: Live):
+        self.live = live
+
+    def log_epoch(self, epoch: int, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            self.live.log_metric(name, value)
+        self.live.next_step()
+
+
+def link_for(params: Params, role: str) -> tuple[DistillConfig | None, str | None]:
+    """The distillation settings of ``role`` and the role that teaches it."""
+    if role == "teacher":
+        return None, None
+    if role == "assistant":
+        return params.assistant.distill, "teacher"
+    return params.distill, params.distill.teacher
+
+
+def train_role(params: Params, role: str) -> None:
+    role_cfg = params.role(role)
+    seed = params.seed + ROLE_SEED_OFFSET[role]
+    runtime = setup_runtime(params.train, seed)
+    data = load_prepared(paths.PREPARED_DIR)
+    meta = data.meta
+
+    link, teacher_role = link_for(params, role)
+    method_name = link.method if link is not None else "none"
+    teacher = None
+    if METHODS[method_name].needs_teacher:
+        teacher, teacher_info = load_checkpoint(paths.checkpoint_path(teacher_role), paths.STAGE_OF_ROLE[teacher_role])
+        if teacher_info.class_names != meta.class_names or tuple(teacher_info.image_shape) != meta.image_shape:
+            raise_stale(teacher_role)
+    student = build_model(role_cfg.arch, meta.num_classes, meta.channels, max(meta.height, meta.width))
+    method = build_method(method_name, student, teacher, link, role_cfg.label_smoothing)
+    log.info(
+        "%s: %s (%s params), method %s%s, %s",
+        role, role_cfg.arch, f"{count_parameters(student):,}", method_name,
+        f" from {teacher_role}" if teacher is not None else "", runtime.describe(),
+    )
+    with Live(dir=str(paths.live_dir(role)), dvcyaml=False, save_dvc_exp=False, report=None) as live:
+        result = fit(method, role_cfg, params.train, data, runtime, seed, DvcLiveLogger(live), desc=role)
+
+    info = ModelInfo(
+        role=role, arch=role_cfg.arch, num_classes=meta.num_classes, image_shape=meta.image_shape,
+        class_names=meta.class_names, mean=meta.mean, std=meta.std, summary=summary(result),
+    )
+    write_json(
+        paths.train_metrics_path(role),
+        {
+            "arch": role_cfg.arch,
+            "method": method_name,
+            "teacher": teacher_role if teacher is not None else None,
+            "params": count_parameters(student),
+            "extra_params": method.extra_parameters(),
+            "precision": runtime.precision,
+            "device": runtime.device.type,
+            **summary(result),
+        },
+    )
+    save_checkpoint(paths.checkpoint_path(role), method.student, info)
+    log.info("%s: best val accuracy %.4f at epoch %d", role, result.best_val_accuracy, result.best_epoch)
+
+
+def raise_stale(role: str) -> None:
+    raise MissingInputError(
+        f"{paths.checkpoint_path(role)} was trained on other data (classes or image shape differ): "
+        f"run `dvc repro {paths.STAGE_OF_ROLE[role]}`"
+    )
