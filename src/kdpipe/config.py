@@ -7,6 +7,7 @@ suggests the right name instead of a silently ignored setting.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -203,9 +204,12 @@ def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
             if close:
                 hint = f" (did you mean '{close[0]}'?)"
         return f"{loc}: unknown key{hint}"
+    msg = err["msg"].removeprefix("Value error, ")
+    unknown = re.match(r"unknown key '([^']+)'(.*)", msg)
+    if unknown:  # raised by a section validator: name the full key, not just the section
+        return f"{loc}.{unknown.group(1)}: unknown key{unknown.group(2)}"
     value = err.get("input")
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
-    msg = err["msg"].removeprefix("Value error, ")
     return f"{loc}: {msg}{shown}"
 
 

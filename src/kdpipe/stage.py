@@ -61,7 +61,12 @@ def remove_outputs(paths: list[Path]) -> None:
 
 
 def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
+    # Our messages at INFO; third-party libraries (ONNX passes, DVC) stay at their WARNING default.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 def run_stage(name: str, body: Callable[[Params], None]) -> None:

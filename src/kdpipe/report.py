@@ -1,0 +1,78 @@
+"""Markdown results table of a run, and its refresh inside README.md.
+
+    python -m kdpipe.report            # print the table of metrics/evaluate.json
+    python -m kdpipe.report --readme   # write it between the README's results markers
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from kdpipe import paths
+from kdpipe.io import read_json, write_text
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+ROWS = [
+    ("teacher", "teacher"),
+    ("assistant", "assistant"),
+    ("student", "student"),
+    ("student_onnx", "student, ONNX fp32"),
+    ("student_int8", "student, ONNX int8"),
+]
+
+
+def results_table(evaluate: dict, train: dict[str, dict] | None = None) -> str:
+    train = train or {}
+    lines = [
+        "| model | arch | test accuracy | macro F1 | params | file MB | latency ms (CPU, batch 1) | train s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, label in ROWS:
+        row = evaluate.get(key)
+        if row is None:
+            continue
+        seconds = train.get(key, {}).get("train_seconds")
+        lines.append(
+            f"| {label} | {row['arch']} | {row['accuracy']:.4f} | {row['f1_macro']:.4f} | {row['params']:,} | "
+            f"{row['size_mb']:.2f} | {row['latency_ms']:.3f} | {'' if seconds is None else f'{seconds:.0f}'} |"
+        )
+    threads = evaluate.get("student", {}).get("latency_threads")
+    if threads:
+        lines.append(f"\nLatency: median of timed runs after warm-up, {threads} CPU thread(s).")
+    return "\n".join(lines)
+
+
+def load_run(metrics_dir: Path = paths.METRICS_DIR) -> tuple[dict, dict]:
+    evaluate = read_json(metrics_dir / paths.EVALUATE_METRICS.name)
+    train = {}
+    for role in ("teacher", "assistant", "student"):
+        path = metrics_dir / f"train_{role}.json"
+        if path.is_file():
+            train[role] = read_json(path)
+    return evaluate, train
+
+
+def update_readme(readme: Path, table: str) -> None:
+    text = readme.read_text()
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"{readme}: no {START} ... {END} markers")
+    write_text(readme, pattern.sub(lambda _: f"{START}\n{table}\n{END}", text))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--readme", nargs="?", const="README.md", help="update the table in this README")
+    args = parser.parse_args(argv)
+    table = results_table(*load_run())
+    if args.readme:
+        update_readme(Path(args.readme), table)
+    else:
+        sys.stdout.write(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

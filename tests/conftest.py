@@ -1,0 +1,73 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ["src", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
+
+
+def load_default_params() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def tool_env() -> dict:
+    """Environment whose `python` and `dvc` are this interpreter's."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.pop("DVC_EXP_BASELINE_REV", None)
+    return env
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=tool_env(), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def tiny_params(**overrides) -> dict:
+    """The default params shrunk to seconds: small subsets, ResNet-18 everywhere, 4-6 epochs."""
+    p = load_default_params()
+    p["data"]["max_train_samples"] = 300
+    p["data"]["max_test_samples"] = 100
+    p["train"]["batch_size"] = 32
+    for role, epochs in (("teacher", 6), ("assistant", 4), ("student", 4)):
+        p[role]["arch"] = "resnet18"
+        p[role]["epochs"] = epochs
+    p["quantize"]["calibration_samples"] = 64
+    p["evaluate"]["latency_runs"] = 3
+    p["evaluate"]["latency_warmup"] = 1
+    for dotted, value in overrides.items():
+        node = p
+        *head, last = dotted.split(".")
+        for key in head:
+            node = node[key]
+        node[last] = value
+    return p
+
+
+@pytest.fixture
+def workspace(tmp_path: Path):
+    """A fresh git + DVC copy of the project, set to tiny params; yields its path."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    for rel in PROJECT_FILES:
+        src = ROOT / rel
+        if not src.exists():
+            continue
+        dst = ws / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst)
+    (ws / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    run(["git", "init", "-q"], ws)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], ws)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], ws)
+    return ws

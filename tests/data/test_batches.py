@@ -1,0 +1,45 @@
+import torch
+
+from kdpipe.config import AugmentConfig
+from kdpipe.data.batches import BatchTransform, iterate_batches, num_batches, random_crop
+from kdpipe.data.prepared import PreparedMeta, Split
+
+
+def meta(c=1):
+    return PreparedMeta("t", ["a", "b"], c, 4, 4, [0.5] * c, [0.25] * c, {})
+
+
+def test_random_crop_is_a_shift_of_the_padded_image():
+    x = torch.arange(16.0).view(1, 1, 4, 4).repeat(64, 1, 1, 1)
+    g = torch.Generator().manual_seed(0)
+    out = random_crop(x, 1, g)
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    windows = {(i, j): padded[0, 0, i : i + 4, j : j + 4] for i in range(3) for j in range(3)}
+    found = set()
+    for img in out:
+        match = [k for k, w in windows.items() if torch.equal(img[0], w)]
+        assert match, "every crop is one of the 9 shifted windows"
+        found.add(match[0])
+    assert len(found) > 4  # offsets really vary
+    assert torch.equal(random_crop(x, 0, g), x)
+
+
+def test_augmentation_is_seeded():
+    x = torch.randint(0, 255, (32, 3, 4, 4), dtype=torch.uint8)
+    t = BatchTransform(meta(3), torch.device("cpu"), channels_last=True)
+    aug = AugmentConfig(crop_padding=1, hflip=True)
+    a = t(x, aug, torch.Generator().manual_seed(7))
+    b = t(x, aug, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b) and a.is_contiguous(memory_format=torch.channels_last)
+    plain = t(x)
+    assert torch.allclose(plain, (x.float() / 255 - 0.5) / 0.25)
+
+
+def test_batches_cover_everything_once_or_drop_a_ragged_tail():
+    split = Split(torch.zeros(10, 1, 4, 4, dtype=torch.uint8), torch.arange(10))
+    seen = torch.cat([y for _, y in iterate_batches(split, 4)])
+    assert torch.equal(seen, torch.arange(10)) and num_batches(10, 4, False) == 3
+    g = torch.Generator().manual_seed(0)
+    kept = [y for _, y in iterate_batches(split, 4, shuffle=True, generator=g, drop_last=True)]
+    assert [len(y) for y in kept] == [4, 4] and num_batches(10, 4, True) == 2
+    assert len(set(torch.cat(kept).tolist())) == 8

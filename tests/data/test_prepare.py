@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+
+from kdpipe.config import DataConfig
+from kdpipe.data.prepare import make_splits, prepare
+from kdpipe.data.prepared import load_prepared
+from kdpipe.errors import DataError, MissingInputError
+from kdpipe.io import read_json
+
+
+def class_shares(y, k=10):
+    return np.bincount(y, minlength=k) / len(y)
+
+
+def test_splits_are_stratified_disjoint_and_complete():
+    names, splits = make_splits(DataConfig(), seed=0)
+    total = sum(len(y) for _, y in splits.values())
+    assert total == 1797 and names == [str(i) for i in range(10)]
+    assert len(splits["test"][1]) == pytest.approx(0.2 * 1797, abs=1)
+    assert len(splits["val"][1]) == pytest.approx(0.1 * 1797, abs=1)
+    overall = class_shares(np.concatenate([y for _, y in splits.values()]))
+    for _, y in splits.values():
+        assert np.abs(class_shares(y) - overall).max() < 0.02
+    # no image is in two splits (digits has a handful of exact duplicates, so compare counts)
+    flat = {k: {x.tobytes() for x in xs} for k, (xs, _) in splits.items()}
+    assert len(flat["train"] & flat["test"]) <= 5
+
+
+def test_deterministic_for_a_seed_and_different_across_seeds():
+    _, a = make_splits(DataConfig(), seed=3)
+    _, b = make_splits(DataConfig(), seed=3)
+    _, c = make_splits(DataConfig(), seed=4)
+    assert all(np.array_equal(a[k][0], b[k][0]) and np.array_equal(a[k][1], b[k][1]) for k in a)
+    assert not np.array_equal(a["test"][1], c["test"][1])
+
+
+def test_max_samples_make_stratified_subsets():
+    _, splits = make_splits(DataConfig(max_train_samples=200, max_test_samples=50), seed=0)
+    assert len(splits["train"][1]) == 200 and len(splits["test"][1]) == 50
+    assert np.bincount(splits["train"][1]).min() >= 18
+
+
+def test_prepare_writes_arrays_meta_and_metrics(tmp_path):
+    out, metrics = tmp_path / "prepared", tmp_path / "prepare.json"
+    meta = prepare(DataConfig(), 0, out, metrics)
+    data = load_prepared(out)
+    assert data["train"].images.dtype.is_floating_point is False
+    assert data["train"].images.shape[1:] == (1, 8, 8)
+    assert meta.channels == 1 and meta.height == meta.width == 8
+    x = data["train"].images.float() / 255
+    assert meta.mean[0] == pytest.approx(x.mean().item(), abs=1e-5)
+    assert meta.std[0] == pytest.approx(x.std(unbiased=False).item(), abs=1e-5)
+    m = read_json(metrics)
+    assert m["counts"] == meta.counts and sum(m["per_class"]["test"].values()) == meta.counts["test"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+def test_corrupt_or_missing_prepared_data_is_detected(tmp_path):
+    out = tmp_path / "prepared"
+    with pytest.raises(MissingInputError, match="dvc repro prepare"):
+        load_prepared(out)
+    prepare(DataConfig(), 0, out, tmp_path / "m.json")
+    np.save(out / "val_x.npy", np.zeros((3, 1, 8, 8), dtype=np.uint8))
+    with pytest.raises(DataError, match="val_x.npy does not match"):
+        load_prepared(out)
+    (out / "test_y.npy").write_bytes(b"garbage")
+    with pytest.raises(DataError):
+        load_prepared(out, splits=("test",))
+
+
+def test_too_small_subset_is_a_clear_error():
+    with pytest.raises(DataError, match="stratified split"):
+        make_splits(DataConfig(max_train_samples=5), seed=0)

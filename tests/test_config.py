@@ -1,0 +1,95 @@
+import pytest
+
+from conftest import ROOT, load_default_params
+from kdpipe.config import load_params, parse_params
+from kdpipe.errors import ConfigError
+
+
+def with_change(path: str, value):
+    raw = load_default_params()
+    node = raw
+    *head, last = path.split(".")
+    for key in head:
+        node = node[key]
+    node[last] = value
+    return raw
+
+
+def error_of(raw) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_params(raw)
+    return str(info.value)
+
+
+def test_committed_params_are_valid():
+    p = load_params(ROOT / "params.yaml")
+    assert p.teacher.arch == "resnet50" and p.assistant.arch == "resnet34" and p.student.arch == "resnet18"
+    assert p.distill.method == "kd" and p.assistant.distill.method == "kd"
+    assert p.data.dataset == "digits"
+
+
+def test_typo_in_key_suggests_the_right_one():
+    raw = load_default_params()
+    raw["distill"]["temprature"] = raw["distill"].pop("temperature")
+    msg = error_of(raw)
+    assert "distill.temprature" in msg and "did you mean 'temperature'" in msg
+
+
+def test_typo_in_nested_section_key():
+    raw = load_default_params()
+    raw["train"]["augment"]["crop_pading"] = 2
+    msg = error_of(raw)
+    assert "train.augment.crop_pading" in msg and "crop_padding" in msg
+
+
+def test_unknown_top_level_key():
+    raw = load_default_params()
+    raw["studnet"] = {}
+    assert "did you mean 'student'" in error_of(raw)
+
+
+@pytest.mark.parametrize(
+    "path,value,expected",
+    [
+        ("teacher.epochs", 0, "teacher.epochs"),
+        ("distill.temperature", 0, "distill.temperature"),
+        ("distill.alpha", 1.5, "distill.alpha"),
+        ("train.batch_size", "big", "train.batch_size"),
+        ("train.device", "tpu", "train.device"),
+        ("student.optimizer", "lamb", "student.optimizer"),
+    ],
+)
+def test_bad_values_name_the_key_and_value(path, value, expected):
+    msg = error_of(with_change(path, value))
+    assert expected in msg and repr(value) in msg
+
+
+def test_unknown_architecture_lists_choices_and_suggests():
+    msg = error_of(with_change("student.arch", "resnet19"))
+    assert "student.arch" in msg and "did you mean 'resnet18'" in msg and "mobilenet_v2" in msg
+
+
+def test_unknown_method_and_dataset():
+    assert "distill.method" in error_of(with_change("distill.method", "kdd"))
+    assert "data.dataset" in error_of(with_change("data.dataset", "digitz"))
+
+
+def test_per_method_sections_only_for_known_methods():
+    raw = load_default_params()
+    raw["distill"]["fitnetz"] = {"x": 1}
+    assert "distill" in error_of(raw)
+
+
+def test_assistant_link_is_independent_of_student_link():
+    p = parse_params(with_change("distill.temperature", 2.0))
+    assert p.distill.temperature == 2.0
+    assert p.assistant.distill.temperature == load_default_params()["assistant"]["distill"]["temperature"]
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("seed: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)

@@ -1,0 +1,26 @@
+import pytest
+
+from kdpipe.report import END, START, results_table, update_readme
+
+ROW = {"arch": "resnet18", "accuracy": 0.97222, "f1_macro": 0.9718, "params": 11172810, "size_mb": 44.7,
+       "latency_ms": 2.5, "latency_threads": 1}
+
+
+def test_table_lists_models_in_chain_order_with_figures():
+    ev = {"student_int8": {**ROW, "size_mb": 11.3}, "teacher": {**ROW, "arch": "resnet50"}, "student": ROW}
+    table = results_table(ev, {"teacher": {"train_seconds": 91.2}})
+    lines = table.splitlines()
+    assert lines[2].startswith("| teacher | resnet50 | 0.9722 |") and lines[2].endswith("| 91 |")
+    assert lines[3].startswith("| student | resnet18 |") and "11,172,810" in lines[3]
+    assert lines[4].startswith("| student, ONNX int8 |") and "11.30" in lines[4]
+    assert "1 CPU thread" in table
+
+
+def test_readme_update_replaces_only_between_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{START}\nold\n{END}\noutro\n")
+    update_readme(readme, "| new |")
+    assert readme.read_text() == f"intro\n{START}\n| new |\n{END}\noutro\n"
+    readme.write_text("no markers")
+    with pytest.raises(SystemExit):
+        update_readme(readme, "x")
