@@ -1,7 +1,7 @@
 """Markdown results table of a run, and its refresh inside README.md.
 
-    python -m kdpipe.report            # print the table of metrics/evaluate.json
-    python -m kdpipe.report --readme   # write it between the README's results markers
+    PYTHONPATH=src python -m kdpipe.report            # print the table of metrics/evaluate.json
+    PYTHONPATH=src python -m kdpipe.report --readme   # write it between the README's markers
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def results_table(evaluate: dict, train: dict[str, dict] | None = None) -> str:
         )
     threads = evaluate.get("student", {}).get("latency_threads")
     if threads:
-        lines.append(f"\nLatency: median of timed runs after warm-up, {threads} CPU thread(s).")
+        plural = "" if threads == 1 else "s"
+        lines.append(f"\nLatency: median of timed runs after warm-up, {threads} CPU thread{plural}.")
     return "\n".join(lines)
 
 
