@@ -1,4 +1,3 @@
-import pytest
 
 from conftest import run
 from kdpipe.stage import declared_outputs

@@ -128,18 +128,6 @@ class DistillConfig(Section):
             self.model_extra[key] = schema.model_validate(value or {})
         return self
 
-    def method_params(self) -> BaseModel | None:
-        schema = _method_schema(self.method)
-        if schema is None:
-            return None
-        return (self.model_extra or {}).get(self.method) or schema()
-
-
-def _method_schema(name: str):
-    from kdpipe.methods import METHODS
-
-    return METHODS[name].Params
-
 
 class AssistantConfig(RoleConfig):
     distill: DistillConfig = DistillConfig()

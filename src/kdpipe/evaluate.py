@@ -7,6 +7,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +111,7 @@ def evaluate_all(params: Params) -> dict[str, dict]:
             **classification_metrics(logits, labels, len(names)),
             "params": onnx_params(path),
             "size_mb": round(path.stat().st_size / 1e6, 4),
-            "latency_ms": round(median_latency_ms(lambda: session.run(None, feed), cfg.latency_warmup, cfg.latency_runs), 4),
+            "latency_ms": round(median_latency_ms(partial(session.run, None, feed), cfg.latency_warmup, cfg.latency_runs), 4),
         }
         write_predictions(name, logits.argmax(1), labels, names)
     teacher = results["teacher"]

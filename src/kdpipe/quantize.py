@@ -118,7 +118,7 @@ def quantize_student(params: Params) -> None:
             "onnx_max_abs_diff": max_diff,
             "onnx_atol": cfg.atol,
             "opset": cfg.opset,
-            "calibration_samples": int(len(calib)),
+            "calibration_samples": len(calib),
             "calibration_method": cfg.calibration_method,
             "per_channel": cfg.per_channel,
             "val_accuracy_fp32": round(acc["fp32"], 6),

@@ -58,7 +58,7 @@ def load_run(metrics_dir: Path = paths.METRICS_DIR) -> tuple[dict, dict]:
 
 def update_readme(readme: Path, table: str) -> None:
     text = readme.read_text()
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.DOTALL)
     if not pattern.search(text):
         raise SystemExit(f"{readme}: no {START} ... {END} markers")
     write_text(readme, pattern.sub(lambda _: f"{START}\n{table}\n{END}", text))

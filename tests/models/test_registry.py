@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from kdpipe.models.checkpoint import ModelInfo, load_checkpoint, save_checkpoint
 from kdpipe.errors import MissingInputError
+from kdpipe.models.checkpoint import ModelInfo, load_checkpoint, save_checkpoint
 from kdpipe.models.registry import MODELS, build_model, count_parameters
 
 

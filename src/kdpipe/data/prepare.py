@@ -21,7 +21,7 @@ log = logging.getLogger("kdpipe")
 Split = tuple[np.ndarray, np.ndarray]
 
 
-def stratified_split(x: np.ndarray, y: np.ndarray, take: float | int, seed: int) -> tuple[Split, Split]:
+def stratified_split(x: np.ndarray, y: np.ndarray, take: float, seed: int) -> tuple[Split, Split]:
     """Split off ``take`` samples (a fraction or a count) with class proportions kept."""
     try:
         x_rest, x_take, y_rest, y_take = train_test_split(x, y, test_size=take, stratify=y, random_state=seed)
@@ -84,7 +84,7 @@ def prepare(cfg: DataConfig, seed: int, out_dir: str | Path, metrics_file: str |
         width=int(x_train.shape[3]),
         mean=mean,
         std=std,
-        counts={name: int(len(y)) for name, (_, y) in splits.items()},
+        counts={name: len(y) for name, (_, y) in splits.items()},
     )
     # Build the whole folder aside and swap it in, so a failure never leaves a partial data set.
     out_dir = Path(out_dir)

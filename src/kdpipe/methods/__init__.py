@@ -3,7 +3,7 @@
 from kdpipe.methods import kd, none  # noqa: F401  (registers the methods)
 from kdpipe.methods.base import METHODS, Method, register_method
 
-__all__ = ["METHODS", "Method", "register_method", "build_method"]
+__all__ = ["METHODS", "Method", "build_method", "register_method"]
 
 
 def build_method(name: str, student, teacher=None, cfg=None, label_smoothing: float = 0.0) -> Method:

@@ -53,6 +53,6 @@ def load_checkpoint(path: str | Path, stage_hint: str | None = None) -> tuple[nn
         info = ModelInfo(**raw)
         model = info.build()
         model.load_state_dict(payload["state_dict"])
-    except Exception as exc:  # any failure to read is the same problem for the user
+    except Exception as exc:  # noqa: BLE001 - any failure to read is the same problem for the user
         raise MissingInputError(f"{path} is not a readable kdpipe checkpoint ({exc}){hint}") from None
     return model.eval(), info

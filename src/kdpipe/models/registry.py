@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from torch import nn
 from torchvision import models as tvm
 
@@ -66,12 +65,3 @@ def build_model(arch: str, num_classes: int, in_channels: int, image_size: int) 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
-
-def model_size_mb(model: nn.Module) -> float:
-    """fp32 size of parameters and buffers, in MB (10^6 bytes)."""
-    tensors = [*model.parameters(), *model.buffers()]
-    return sum(t.numel() * t.element_size() for t in tensors if t.is_floating_point()) / 1e6
-
-
-def example_input(in_channels: int, height: int, width: int, batch: int = 1) -> torch.Tensor:
-    return torch.zeros(batch, in_channels, height, width)
