@@ -93,3 +93,10 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("seed: [1,\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(bad)
+
+
+def test_unknown_dataset_lists_the_valid_names():
+    msg = error_of(with_change("data.dataset", "cifar11"))
+    assert "data.dataset" in msg and "did you mean 'cifar10'" in msg
+    for name in ("digits", "cifar100", "mnist", "fashion_mnist", "medmnist", "imagefolder"):
+        assert name in msg

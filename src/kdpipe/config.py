@@ -38,7 +38,14 @@ class AugmentConfig(Section):
 
 class DataConfig(Section):
     dataset: str = "digits"
-    root: str | None = None
+    root: str = Field("data/raw", description="folder of on-disk data sets (archives, ImageFolder trees)")
+    download: bool = Field(True, description="download torchvision/MedMNIST files when missing")
+    medmnist_flag: str = "pathmnist"
+    medmnist_size: Literal[28, 64, 128, 224] = 28
+    image_size: int | None = Field(None, ge=4, le=1024, description="resize images to this square size")
+    channels: Literal[1, 3] | None = Field(None, description="force gray (1) or RGB (3); default: from the data")
+    skip_corrupt: bool = Field(False, description="skip unreadable images (counted) instead of failing")
+    workers: int = Field(0, ge=0, description="decoding processes (0 = all cores)")
     val_fraction: float = Field(0.1, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     max_train_samples: int | None = Field(None, ge=1)
@@ -73,6 +80,7 @@ class RoleConfig(Section):
     """What every trained network shares: architecture and its optimisation recipe."""
 
     arch: str
+    pretrained: bool = Field(False, description="start from torchvision's ImageNet weights (torch hub cache)")
     epochs: int = Field(ge=1)
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.1, gt=0)

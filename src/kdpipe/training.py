@@ -57,11 +57,13 @@ def train_role(params: Params, role: str) -> None:
         teacher, teacher_info = load_checkpoint(paths.checkpoint_path(teacher_role), paths.STAGE_OF_ROLE[teacher_role])
         if teacher_info.class_names != meta.class_names or tuple(teacher_info.image_shape) != meta.image_shape:
             raise_stale(teacher_role)
-    student = build_model(role_cfg.arch, meta.num_classes, meta.channels, max(meta.height, meta.width))
+    student = build_model(
+        role_cfg.arch, meta.num_classes, meta.channels, max(meta.height, meta.width), role_cfg.pretrained
+    )
     method = build_method(method_name, student, teacher, link, role_cfg.label_smoothing)
     log.info(
-        "%s: %s (%s params), method %s%s, %s",
-        role, role_cfg.arch, f"{count_parameters(student):,}", method_name,
+        "%s: %s%s (%s params), method %s%s, %s",
+        role, role_cfg.arch, " (ImageNet-pretrained)" if role_cfg.pretrained else "", f"{count_parameters(student):,}", method_name,
         f" from {teacher_role}" if teacher is not None else "", runtime.describe(),
     )
     with Live(dir=str(paths.live_dir(role)), dvcyaml=False, save_dvc_exp=False, report=None) as live:
@@ -69,7 +71,8 @@ def train_role(params: Params, role: str) -> None:
 
     info = ModelInfo(
         role=role, arch=role_cfg.arch, num_classes=meta.num_classes, image_shape=meta.image_shape,
-        class_names=meta.class_names, mean=meta.mean, std=meta.std, summary=summary(result),
+        class_names=meta.class_names, mean=meta.mean, std=meta.std, pretrained=role_cfg.pretrained,
+        summary=summary(result),
     )
     write_json(
         paths.train_metrics_path(role),

@@ -13,7 +13,7 @@ def class_shares(y, k=10):
 
 
 def test_splits_are_stratified_disjoint_and_complete():
-    names, splits = make_splits(DataConfig(), seed=0)
+    names, splits, _ = make_splits(DataConfig(), seed=0)
     total = sum(len(y) for _, y in splits.values())
     assert total == 1797 and names == [str(i) for i in range(10)]
     assert len(splits["test"][1]) == pytest.approx(0.2 * 1797, abs=1)
@@ -27,15 +27,15 @@ def test_splits_are_stratified_disjoint_and_complete():
 
 
 def test_deterministic_for_a_seed_and_different_across_seeds():
-    _, a = make_splits(DataConfig(), seed=3)
-    _, b = make_splits(DataConfig(), seed=3)
-    _, c = make_splits(DataConfig(), seed=4)
+    _, a, _ = make_splits(DataConfig(), seed=3)
+    _, b, _ = make_splits(DataConfig(), seed=3)
+    _, c, _ = make_splits(DataConfig(), seed=4)
     assert all(np.array_equal(a[k][0], b[k][0]) and np.array_equal(a[k][1], b[k][1]) for k in a)
     assert not np.array_equal(a["test"][1], c["test"][1])
 
 
 def test_max_samples_make_stratified_subsets():
-    _, splits = make_splits(DataConfig(max_train_samples=200, max_test_samples=50), seed=0)
+    _, splits, _ = make_splits(DataConfig(max_train_samples=200, max_test_samples=50), seed=0)
     assert len(splits["train"][1]) == 200 and len(splits["test"][1]) == 50
     assert np.bincount(splits["train"][1]).min() >= 18
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import resource
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
 from sklearn.model_selection import train_test_split
 
 from kdpipe.config import DataConfig
@@ -38,8 +41,31 @@ def subsample(split: Split, limit: int | None, seed: int) -> Split:
     return kept
 
 
-def make_splits(cfg: DataConfig, seed: int) -> tuple[list[str], dict[str, Split]]:
+def conform(x: np.ndarray, image_size: int | None, channels: int | None, batch: int = 4096) -> np.ndarray:
+    """Resize (antialiased) and convert channels of uint8 (N, C, H, W) arrays, in batches."""
+    need_size = image_size is not None and x.shape[2:] != (image_size, image_size)
+    need_channels = channels is not None and x.shape[1] != channels
+    if not (need_size or need_channels):
+        return x
+    out = []
+    for start in range(0, len(x), batch):
+        t = torch.from_numpy(np.ascontiguousarray(x[start : start + batch]))
+        if need_channels:
+            t = TF.rgb_to_grayscale(t) if channels == 1 else TF.grayscale_to_rgb(t)
+        if need_size:
+            t = TF.resize(t, [image_size, image_size], antialias=True)
+        out.append(t.numpy())
+    return np.concatenate(out)
+
+
+def make_splits(cfg: DataConfig, seed: int) -> tuple[list[str], dict[str, Split], dict]:
     source = SOURCES[cfg.dataset](cfg)
+    if len(source.class_names) < 2:
+        raise DataError(f"{cfg.dataset}: found {len(source.class_names)} class(es); classification needs at least 2")
+    for name in ("train", "val", "test"):
+        arrays = getattr(source, name)
+        if arrays is not None:
+            setattr(source, name, (conform(arrays[0], cfg.image_size, cfg.channels), arrays[1]))
     train = source.train
     test = source.test
     if test is None:
@@ -61,7 +87,7 @@ def make_splits(cfg: DataConfig, seed: int) -> tuple[list[str], dict[str, Split]
         if missing:
             names = ", ".join(source.class_names[i] for i in missing)
             raise DataError(f"{cfg.dataset}: {name} split has no images of class(es) {names}")
-    return source.class_names, splits
+    return source.class_names, splits, source.report
 
 
 def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
@@ -73,7 +99,7 @@ def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
 
 def prepare(cfg: DataConfig, seed: int, out_dir: str | Path, metrics_file: str | Path) -> PreparedMeta:
     start = time.perf_counter()
-    class_names, splits = make_splits(cfg, seed)
+    class_names, splits, report = make_splits(cfg, seed)
     x_train = splits["train"][0]
     mean, std = channel_stats(x_train)
     meta = PreparedMeta(
@@ -115,6 +141,10 @@ def prepare(cfg: DataConfig, seed: int, out_dir: str | Path, metrics_file: str |
             "counts": meta.counts,
             "per_class": per_class,
             "seconds": round(seconds, 3),
+            "images_per_second": round(sum(meta.counts.values()) / seconds, 1),
+            "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "skipped_corrupt": int(report.get("skipped_corrupt", 0)),
+            **({"skipped_files": report["skipped_files"]} if report.get("skipped_files") else {}),
         },
     )
     log.info("prepared %s: %s, image %sx%sx%s", cfg.dataset, meta.counts, meta.channels, meta.height, meta.width)

@@ -25,11 +25,12 @@ class ModelInfo:
     class_names: list[str]
     mean: list[float]
     std: list[float]
+    pretrained: bool = False  # ImageNet variant of the architecture (its stem differs)
     summary: dict[str, Any] = field(default_factory=dict)
 
     def build(self) -> nn.Module:
         c, h, w = self.image_shape
-        return build_model(self.arch, self.num_classes, c, max(h, w))
+        return build_model(self.arch, self.num_classes, c, max(h, w), self.pretrained, load_weights=False)
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, info: ModelInfo) -> None:

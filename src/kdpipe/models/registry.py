@@ -2,66 +2,119 @@
 
 Small inputs (CIFAR-sized and below) lose the ImageNet stem's 4x down-sampling: ResNets get a
 3x3 stride-1 first convolution and no max-pool, MobileNetV2 a stride-1 first convolution.
-torchvision's model code is used as it is; only the stem is swapped.
+torchvision's model code is used as it is; only the stem (and, for pretrained models, the
+classifier) is swapped.
+
+Pretrained (``<role>.pretrained: true``): torchvision's ImageNet weights, read from the torch hub
+cache or downloaded. Those keep the ImageNet stem whatever the image size, because their first
+filters were learned at that scale; give small images a larger ``data.image_size`` (64 or more,
+224 matches ImageNet) so the stem's down-sampling leaves a useful feature map. One-channel data
+uses the sum of the RGB filters (the same as feeding the gray image to all three channels).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
+import torch
 from torch import nn
 from torchvision import models as tvm
 
-SMALL_INPUT_MAX = 64  # images this size or smaller use the small-input stem
+from kdpipe.errors import ConfigError
 
-MODELS: dict[str, Callable[[int, int, bool], nn.Module]] = {}
-
-
-def register_model(name: str):
-    def wrap(fn: Callable[[int, int, bool], nn.Module]):
-        MODELS[name] = fn
-        return fn
-
-    return wrap
+SMALL_INPUT_MAX = 64  # images this size or smaller use the small-input stem (unless pretrained)
 
 
-def _resnet(factory: Callable[..., tvm.ResNet]) -> Callable[[int, int, bool], nn.Module]:
-    def build(num_classes: int, in_channels: int, small_input: bool) -> nn.Module:
-        # Zero-init of each residual branch's last BN lets deep ResNets train from scratch on
-        # tiny data sets (ResNet-50 on digits stalls near 65% without it).
-        model = factory(num_classes=num_classes, zero_init_residual=True)
-        if small_input:
-            model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
-            model.maxpool = nn.Identity()
-        elif in_channels != 3:
-            model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
-        return model
+class Spec:
+    """How to build one architecture: torchvision factory, its weights, and its adaptations."""
 
-    return build
+    def __init__(self, factory: Callable[..., nn.Module], weights, adapt: Callable[..., None]):
+        self.factory, self.weights, self.adapt = factory, weights, adapt
 
 
-for _name in ("resnet18", "resnet34", "resnet50"):
-    register_model(_name)(_resnet(getattr(tvm, _name)))
+MODELS: dict[str, Spec] = {}
 
 
-@register_model("mobilenet_v2")
-def _mobilenet_v2(num_classes: int, in_channels: int, small_input: bool) -> nn.Module:
-    model = tvm.mobilenet_v2(num_classes=num_classes)
+def _gray_from_rgb(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    if in_channels != 1:
+        raise ConfigError(f"pretrained ImageNet stems take 1 or 3 input channels, not {in_channels}")
+    new = nn.Conv2d(1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None)
+    with torch.no_grad():
+        new.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
+    return new
+
+
+def _adapt_resnet(model: tvm.ResNet, num_classes: int, in_channels: int, small_input: bool, pretrained: bool) -> None:
+    if pretrained:
+        model.fc = nn.Linear(model.fc.in_features, num_classes)
+        if in_channels != 3:
+            model.conv1 = _gray_from_rgb(model.conv1, in_channels)
+        return
+    if small_input:
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    elif in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+
+
+def _adapt_mobilenet_v2(model: tvm.MobileNetV2, num_classes: int, in_channels: int, small_input: bool, pretrained: bool) -> None:
     stem = model.features[0][0]
+    if pretrained:
+        model.classifier[1] = nn.Linear(model.classifier[1].in_features, num_classes)
+        if in_channels != 3:
+            model.features[0][0] = _gray_from_rgb(stem, in_channels)
+        return
     if small_input or in_channels != 3:
         stride = 1 if small_input else 2
         model.features[0][0] = nn.Conv2d(in_channels, stem.out_channels, 3, stride, 1, bias=False)
         nn.init.kaiming_normal_(model.features[0][0].weight, mode="fan_out")
-    return model
 
 
-def build_model(arch: str, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+for _name, _weights in (
+    ("resnet18", tvm.ResNet18_Weights.IMAGENET1K_V1),
+    ("resnet34", tvm.ResNet34_Weights.IMAGENET1K_V1),
+    ("resnet50", tvm.ResNet50_Weights.IMAGENET1K_V2),
+):
+    MODELS[_name] = Spec(getattr(tvm, _name), _weights, _adapt_resnet)
+MODELS["mobilenet_v2"] = Spec(tvm.mobilenet_v2, tvm.MobileNet_V2_Weights.IMAGENET1K_V2, _adapt_mobilenet_v2)
+
+
+def hub_file(weights) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+
+
+def _load_imagenet(spec: Spec, arch: str) -> nn.Module:
+    try:
+        return spec.factory(weights=spec.weights)
+    except Exception as exc:  # noqa: BLE001 - offline, refused or corrupt: one message
+        raise ConfigError(
+            f"{arch}: pretrained ImageNet weights need {hub_file(spec.weights)}, which is missing and could "
+            f"not be downloaded ({exc}); copy {spec.weights.url} there (TORCH_HOME sets the folder)"
+        ) from None
+
+
+def build_model(
+    arch: str, num_classes: int, in_channels: int, image_size: int, pretrained: bool = False, load_weights: bool = True
+) -> nn.Module:
+    """Build ``arch`` for the data. ``pretrained`` selects the ImageNet variant; ``load_weights=False``
+    builds that same structure without reading the weights (to load a checkpoint into it)."""
     if arch not in MODELS:
         raise KeyError(f"unknown architecture '{arch}'; known: {', '.join(sorted(MODELS))}")
-    return MODELS[arch](num_classes, in_channels, image_size <= SMALL_INPUT_MAX)
+    spec = MODELS[arch]
+    if pretrained and load_weights:
+        model = _load_imagenet(spec, arch)
+    elif pretrained:
+        model = spec.factory(weights=None)
+    else:
+        # Zero-init of each residual branch's last BN lets deep ResNets train from scratch on
+        # tiny data sets (ResNet-50 on digits stalls near 65% without it).
+        kwargs = {"zero_init_residual": True} if "resnet" in arch else {}
+        model = spec.factory(num_classes=num_classes, **kwargs)
+    spec.adapt(model, num_classes, in_channels, image_size <= SMALL_INPUT_MAX, pretrained)
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-

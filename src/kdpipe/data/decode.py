@@ -1,0 +1,86 @@
+"""Parallel image decoding into uint8 arrays (PIL in worker processes, one pass per file)."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+CHUNK = 512
+
+
+@dataclass
+class Decoded:
+    path: str
+    array: np.ndarray | None  # (C, H, W) uint8, or None when the file could not be read
+    gray: bool = False
+    error: str | None = None
+
+
+def to_uint8_mode(img: Image.Image, channels: int | None) -> tuple[Image.Image, bool]:
+    """Convert any PIL mode to L or RGB; with ``channels`` unset, gray stays gray."""
+    gray = img.mode in GRAY_MODES or (img.mode == "P" and _gray_palette(img))
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        # 16-bit / float gray: scale the full range to 8 bits rather than clip
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        img = Image.fromarray(np.rint((arr - lo) / ((hi - lo) or 1.0) * 255).astype(np.uint8), "L")
+    want_gray = gray if channels is None else channels == 1
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # composite on white so transparent areas do not turn black
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("L" if want_gray else "RGB"), gray
+
+
+def _gray_palette(img: Image.Image) -> bool:
+    palette = img.getpalette() or []
+    triples = [palette[i : i + 3] for i in range(0, len(palette), 3)]
+    return bool(triples) and all(r == g == b for r, g, b in triples)
+
+
+def decode_file(path: str, channels: int | None, size: int | None) -> Decoded:
+    try:
+        with Image.open(path) as img:
+            img.load()  # forces a full decode: a truncated file fails here, not later
+            img, gray = to_uint8_mode(img, channels)
+            if size is not None and img.size != (size, size):
+                img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+            arr = np.asarray(img, dtype=np.uint8)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is reported by name
+        return Decoded(path, None, error=f"{type(exc).__name__}: {exc}")
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return Decoded(path, np.ascontiguousarray(arr), gray)
+
+
+def _decode_chunk(args: tuple[list[str], int | None, int | None]) -> list[Decoded]:
+    paths, channels, size = args
+    return [decode_file(p, channels, size) for p in paths]
+
+
+def decode_files(
+    paths: list[str], channels: int | None, size: int | None, workers: int = 0, desc: str = "decode"
+) -> list[Decoded]:
+    """Decode ``paths`` in order, across ``workers`` processes (0 = all cores)."""
+    workers = workers or os.cpu_count() or 1
+    chunks = [(paths[i : i + CHUNK], channels, size) for i in range(0, len(paths), CHUNK)]
+    out: list[Decoded] = []
+    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=None, leave=False)
+    if workers == 1 or len(chunks) <= 1:
+        results = map(_decode_chunk, chunks)
+        for part in results:
+            out.extend(part)
+            bar.update(len(part))
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for part in pool.map(_decode_chunk, chunks):
+                out.extend(part)
+                bar.update(len(part))
+    bar.close()
+    return out

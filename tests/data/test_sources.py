@@ -1,0 +1,270 @@
+"""Each loader on small files written in the real on-disk formats, and every bad-data case."""
+
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kdpipe.config import DataConfig
+from kdpipe.data.prepare import make_splits, prepare
+from kdpipe.data.sources import SOURCES
+from kdpipe.errors import DataError
+from kdpipe.io import read_json
+
+
+def cfg(root, **kw) -> DataConfig:
+    return DataConfig(root=str(root), download=False, **kw)
+
+
+# --- torchvision formats -----------------------------------------------------------------
+
+def write_cifar(root: Path, n_per_batch=20, classes=10, hundred=False):
+    rng = np.random.default_rng(0)
+    if hundred:
+        folder = root / "cifar-100-python"
+        files, key, meta = ["train", "test"], "fine_labels", ("meta", "fine_label_names")
+    else:
+        folder = root / "cifar-10-batches-py"
+        files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+        key, meta = "labels", ("batches.meta", "label_names")
+    folder.mkdir(parents=True)
+    for name in files:
+        labels = [i % classes for i in range(n_per_batch)]
+        data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
+        (folder / name).write_bytes(pickle.dumps({"data": data, key: labels}))
+    (folder / meta[0]).write_bytes(pickle.dumps({meta[1]: [f"class{i}" for i in range(classes)]}))
+
+
+def write_idx(path: Path, array: np.ndarray):
+    magic = 0x0800 + array.ndim + (0 if array.dtype == np.uint8 else 0)
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def write_mnist(root: Path, folder="MNIST", n=40):
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for prefix, count in (("train", n), ("t10k", n // 2)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (count, 28, 28), dtype=np.uint8))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(count) % 10)
+
+
+def test_cifar10_python_batches(tmp_path):
+    write_cifar(tmp_path)
+    src = SOURCES["cifar10"](cfg(tmp_path))
+    assert src.train[0].shape == (100, 3, 32, 32) and src.test[0].shape == (20, 3, 32, 32)
+    assert src.class_names[0] == "class0" and src.train[1].dtype == np.int64
+    # the channel order survives the NHWC -> NCHW move: first pixel of the red plane
+    raw = pickle.loads((tmp_path / "cifar-10-batches-py" / "data_batch_1").read_bytes())["data"]
+    assert src.train[0][0, 0, 0, 0] == raw[0, 0] and src.train[0][0, 1, 0, 0] == raw[0, 1024]
+
+
+def test_cifar100(tmp_path):
+    write_cifar(tmp_path, n_per_batch=200, classes=100, hundred=True)
+    src = SOURCES["cifar100"](cfg(tmp_path))
+    assert len(src.class_names) == 100 and src.train[0].shape == (200, 3, 32, 32)
+
+
+@pytest.mark.parametrize("name,folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+def test_mnist_idx_files(tmp_path, name, folder):
+    write_mnist(tmp_path, folder)
+    src = SOURCES[name](cfg(tmp_path))
+    assert src.train[0].shape == (40, 1, 28, 28) and src.test[0].shape == (20, 1, 28, 28)
+    assert len(src.class_names) == 10
+
+
+def test_missing_archive_offline_names_the_file(tmp_path):
+    with pytest.raises(DataError, match=r"cifar-10-python\.tar\.gz.*" + str(tmp_path)):
+        SOURCES["cifar10"](cfg(tmp_path))
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.*MNIST/raw"):
+        SOURCES["mnist"](cfg(tmp_path))
+
+
+def test_failed_download_is_one_clear_message(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar as tv_cifar
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(tv_cifar, "download_and_extract_archive", offline)
+    with pytest.raises(DataError, match="download failed.*network is unreachable.*cifar-10-python.tar.gz"):
+        SOURCES["cifar10"](DataConfig(root=str(tmp_path), download=True))
+
+
+# --- MedMNIST ----------------------------------------------------------------------------
+
+def write_medmnist(root: Path, flag="pathmnist", channels=3, n=60, classes=9):
+    rng = np.random.default_rng(2)
+    shape = (28, 28, channels) if channels == 3 else (28, 28)
+    arrays = {}
+    for split, count in (("train", n), ("val", n // 3), ("test", n // 3)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (count, *shape), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(count) % classes).reshape(-1, 1)
+    np.savez(root / f"{flag}.npz", **arrays)
+
+
+def test_medmnist_npz(tmp_path):
+    write_medmnist(tmp_path)
+    src = SOURCES["medmnist"](cfg(tmp_path, medmnist_flag="pathmnist"))
+    assert src.train[0].shape == (60, 3, 28, 28) and src.val[0].shape == (20, 3, 28, 28)
+    assert src.train[1].shape == (60,) and src.class_names[0] == "adipose"
+
+
+def test_medmnist_gray_set_and_refusals(tmp_path):
+    write_medmnist(tmp_path, "octmnist", channels=1, classes=4)
+    assert SOURCES["medmnist"](cfg(tmp_path, medmnist_flag="octmnist")).train[0].shape[1] == 1
+    with pytest.raises(DataError, match="multi-label.*single-label"):
+        SOURCES["medmnist"](cfg(tmp_path, medmnist_flag="chestmnist"))
+    with pytest.raises(DataError, match="unknown 2D MedMNIST set 'pathmnsit'.*pathmnist"):
+        SOURCES["medmnist"](cfg(tmp_path, medmnist_flag="pathmnsit"))
+    with pytest.raises(DataError, match=r"dermamnist\.npz not found"):
+        SOURCES["medmnist"](cfg(tmp_path, medmnist_flag="dermamnist"))
+
+
+# --- ImageFolder -------------------------------------------------------------------------
+
+def save(path: Path, img: Image.Image, fmt=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, fmt)
+
+
+def rgb(seed, size=(12, 12)):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size[::-1], 3), dtype=np.uint8), "RGB")
+
+
+def gray(seed, size=(12, 12)):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, size[::-1], dtype=np.uint8), "L")
+
+
+def make_tree(root: Path, n=6, classes=("cat", "dog"), splits=("train", "test"), maker=gray, ext="png"):
+    for split in splits:
+        for c in classes:
+            for i in range(n):
+                save(root / split / c / f"{i}.{ext}", maker(hash((split, c, i)) % 1000))
+    return root
+
+
+def test_gray_tree_gives_one_channel_and_ignores_stray_files(tmp_path):
+    make_tree(tmp_path)
+    (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
+    (tmp_path / "train" / ".DS_Store").write_bytes(b"\0")
+    src = SOURCES["imagefolder"](cfg(tmp_path))
+    assert src.class_names == ["cat", "dog"]
+    assert src.train[0].shape == (12, 1, 12, 12) and src.val is None
+
+
+def test_mixed_modes_become_rgb(tmp_path):
+    make_tree(tmp_path)
+    save(tmp_path / "train" / "cat" / "rgba.png", rgb(1).convert("RGBA"))
+    save(tmp_path / "train" / "dog" / "pal.png", rgb(2).convert("P"))
+    save(tmp_path / "test" / "cat" / "photo.jpg", rgb(3), "JPEG")
+    save(tmp_path / "test" / "dog" / "photo.JPEG", rgb(4), "JPEG")
+    src = SOURCES["imagefolder"](cfg(tmp_path))
+    assert src.train[0].shape == (14, 3, 12, 12) and src.test[0].shape == (14, 3, 12, 12)
+    # a gray image is copied into all three channels
+    g = src.train[0][0]
+    assert np.array_equal(g[0], g[1]) and np.array_equal(g[1], g[2])
+
+
+def test_transparent_pixels_become_white(tmp_path):
+    make_tree(tmp_path, maker=rgb)
+    clear = Image.new("RGBA", (12, 12), (0, 0, 0, 0))
+    save(tmp_path / "train" / "cat" / "clear.png", clear)
+    src = SOURCES["imagefolder"](cfg(tmp_path))
+    assert (src.train[0] == 255).all(axis=(1, 2, 3)).sum() == 1
+
+
+def test_channels_setting_forces_gray(tmp_path):
+    make_tree(tmp_path, maker=rgb)
+    assert SOURCES["imagefolder"](cfg(tmp_path, channels=1)).train[0].shape[1] == 1
+
+
+def test_val_folder_is_used(tmp_path):
+    make_tree(tmp_path, splits=("train", "val", "test"))
+    src = SOURCES["imagefolder"](cfg(tmp_path))
+    assert src.val[0].shape[0] == 12
+
+
+def test_sizes_must_agree_unless_resized(tmp_path):
+    make_tree(tmp_path)
+    save(tmp_path / "train" / "dog" / "big.png", gray(9, (20, 16)))
+    with pytest.raises(DataError, match=r"sizes differ.*big\.png is 20x16.*data\.image_size"):
+        SOURCES["imagefolder"](cfg(tmp_path))
+    src = SOURCES["imagefolder"](cfg(tmp_path, image_size=10))
+    assert src.train[0].shape[1:] == (1, 10, 10)
+
+
+def test_truncated_jpeg_is_named_and_nothing_is_left(tmp_path):
+    root = make_tree(tmp_path / "raw", maker=rgb, ext="jpg")
+    broken = root / "train" / "dog" / "3.jpg"
+    broken.write_bytes(broken.read_bytes()[:200])
+    out = tmp_path / "prepared"
+    with pytest.raises(DataError, match=r"dog/3\.jpg"):
+        prepare(cfg(root, dataset="imagefolder"), 0, out, tmp_path / "m.json")
+    assert not out.exists() and not (tmp_path / "m.json").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_skip_corrupt_counts_the_skipped(tmp_path):
+    root = make_tree(tmp_path / "raw", n=10, maker=rgb, ext="jpg")
+    (root / "train" / "cat" / "0.jpg").write_bytes(b"\xff\xd8 garbage")
+    metrics = tmp_path / "m.json"
+    meta = prepare(cfg(root, dataset="imagefolder", skip_corrupt=True, val_fraction=0.2), 0, tmp_path / "p", metrics)
+    m = read_json(metrics)
+    assert m["skipped_corrupt"] == 1 and m["skipped_files"][0].endswith("cat/0.jpg")
+    assert meta.counts["train"] + meta.counts["val"] == 19
+
+
+@pytest.mark.parametrize(
+    "breakage,message",
+    [
+        (lambda r: [p.unlink() for p in (r / "train" / "dog").iterdir()], "Found no valid file for the classes dog"),
+        (lambda r: (r / "test" / "bird").mkdir() or save(r / "test" / "bird" / "0.png", gray(0)), "only in test: \\['bird'\\]"),
+        (lambda r: __import__("shutil").rmtree(r / "test"), "must hold train/ and test/"),
+    ],
+    ids=["empty class folder", "class sets differ", "no test folder"],
+)
+def test_layout_errors(tmp_path, breakage, message):
+    root = make_tree(tmp_path)
+    breakage(root)
+    with pytest.raises(DataError, match=message):
+        SOURCES["imagefolder"](cfg(root))
+
+
+def test_root_without_images(tmp_path):
+    for split in ("train", "test"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        (tmp_path / split / "a" / "readme.txt").write_text("x")
+    with pytest.raises(DataError, match="Found no valid file"):
+        SOURCES["imagefolder"](cfg(tmp_path))
+    with pytest.raises(DataError, match="is not a folder"):
+        SOURCES["imagefolder"](cfg(tmp_path / "missing"))
+
+
+def test_prepare_resizes_and_converts_array_sources(tmp_path):
+    write_cifar(tmp_path)
+    _, splits, _ = make_splits(cfg(tmp_path, dataset="cifar10", image_size=16, channels=1), seed=0)
+    assert splits["train"][0].shape[1:] == (1, 16, 16)
+
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "cifar10-jpg.tar.gz"
+
+
+@pytest.mark.skipif(not SHARED.is_file(), reason=f"real CIFAR-10 JPEGs not found at {SHARED}")
+def test_real_cifar10_jpeg_tree(tmp_path):
+    import tarfile
+
+    with tarfile.open(SHARED) as tar:
+        tar.extractall(tmp_path, filter="data")
+    root = tmp_path / "cifar10-jpg"
+    metrics = tmp_path / "prepare.json"
+    meta = prepare(cfg(root, dataset="imagefolder"), 0, tmp_path / "prepared", metrics)
+    assert meta.counts == {"train": 45000, "val": 5000, "test": 10000}
+    assert meta.image_shape == (3, 32, 32) and meta.class_names[0] == "airplane"
+    m = read_json(metrics)
+    assert m["per_class"]["test"]["cat"] == 1000 and m["skipped_corrupt"] == 0
+    print(f"real CIFAR-10 prepare: {m['seconds']} s, {m['images_per_second']} img/s, peak {m['peak_memory_mb']} MB")
