@@ -31,6 +31,16 @@ def metadata_props(info: ModelInfo) -> dict[str, str]:
     }
 
 
+def strip_stack_traces(proto: onnx.ModelProto) -> None:
+    """Drop the exporter's per-node Python stack traces: they hold local file paths, so the same
+    model exported from two checkouts would differ byte for byte."""
+    for node in proto.graph.node:
+        kept = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+        if len(kept) != len(node.metadata_props):
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
+
+
 def export_onnx(model: nn.Module, info: ModelInfo, path: str | Path, opset: int) -> None:
     """Export with torch.onnx's maintained (torch.export-based) exporter, batch axis dynamic."""
     model = model.eval().to("cpu", memory_format=torch.contiguous_format)
@@ -43,6 +53,7 @@ def export_onnx(model: nn.Module, info: ModelInfo, path: str | Path, opset: int)
             dynamic_shapes=({0: batch},), opset_version=opset, verbose=False,
         )
         proto = program.model_proto
+        strip_stack_traces(proto)
         for key, value in metadata_props(info).items():
             proto.metadata_props.add(key=key, value=value)
         onnx.save_model(proto, str(tmp), save_as_external_data=False)

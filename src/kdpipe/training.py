@@ -72,7 +72,8 @@ def train_role(params: Params, role: str) -> None:
     info = ModelInfo(
         role=role, arch=role_cfg.arch, num_classes=meta.num_classes, image_shape=meta.image_shape,
         class_names=meta.class_names, mean=meta.mean, std=meta.std, pretrained=role_cfg.pretrained,
-        summary=summary(result),
+        # only what the run determines: timings would make identical models differ byte for byte
+        summary={k: v for k, v in summary(result).items() if k not in ("train_seconds", "images_per_second")},
     )
     write_json(
         paths.train_metrics_path(role),
