@@ -37,6 +37,8 @@ def test_deterministic_for_a_seed_and_different_across_seeds():
 def test_max_samples_make_stratified_subsets():
     _, splits, _ = make_splits(DataConfig(max_train_samples=200, max_test_samples=50), seed=0)
     assert len(splits["train"][1]) == 200 and len(splits["test"][1]) == 50
+    # validation shrinks with training: 200 of 1257 train images -> 180 * 200 / 1257 ~ 29 val images
+    assert len(splits["val"][1]) == 29 and len(np.unique(splits["val"][1])) == 10
     assert np.bincount(splits["train"][1]).min() >= 18
 
 

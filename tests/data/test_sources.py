@@ -39,7 +39,7 @@ def write_cifar(root: Path, n_per_batch=20, classes=10, hundred=False):
 
 
 def write_idx(path: Path, array: np.ndarray):
-    magic = 0x0800 + array.ndim + (0 if array.dtype == np.uint8 else 0)
+    magic = 0x0800 + array.ndim  # 0x08: unsigned byte data
     header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
     path.write_bytes(header + array.astype(np.uint8).tobytes())
 
@@ -267,4 +267,5 @@ def test_real_cifar10_jpeg_tree(tmp_path):
     assert meta.image_shape == (3, 32, 32) and meta.class_names[0] == "airplane"
     m = read_json(metrics)
     assert m["per_class"]["test"]["cat"] == 1000 and m["skipped_corrupt"] == 0
+    assert m["images_per_second"] == pytest.approx(60000 / m["seconds"], rel=0.01)
     print(f"real CIFAR-10 prepare: {m['seconds']} s, {m['images_per_second']} img/s, peak {m['peak_memory_mb']} MB")

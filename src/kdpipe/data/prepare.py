@@ -75,9 +75,13 @@ def make_splits(cfg: DataConfig, seed: int) -> tuple[list[str], dict[str, Split]
         # val_fraction is a share of all labelled data, so it means the same with or without a test split
         share = cfg.val_fraction / (1.0 - cfg.test_fraction) if source.test is None else cfg.val_fraction
         train, val = stratified_split(*train, share, seed + 1)
+    # A training subset shrinks the validation split in proportion, so a quick run stays quick.
+    val_limit = None
+    if cfg.max_train_samples is not None and cfg.max_train_samples < len(train[1]):
+        val_limit = max(len(np.unique(val[1])), round(len(val[1]) * cfg.max_train_samples / len(train[1])))
     splits = {
         "train": subsample(train, cfg.max_train_samples, seed + 2),
-        "val": val,
+        "val": subsample(val, val_limit, seed + 4),
         "test": subsample(test, cfg.max_test_samples, seed + 3),
     }
     for name, (x, y) in splits.items():
@@ -141,7 +145,7 @@ def prepare(cfg: DataConfig, seed: int, out_dir: str | Path, metrics_file: str |
             "counts": meta.counts,
             "per_class": per_class,
             "seconds": round(seconds, 3),
-            "images_per_second": round(sum(meta.counts.values()) / seconds, 1),
+            "images_per_second": round(report.get("decoded_images", sum(meta.counts.values())) / seconds, 1),
             "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "skipped_corrupt": int(report.get("skipped_corrupt", 0)),
             **({"skipped_files": report["skipped_files"]} if report.get("skipped_files") else {}),

@@ -5,7 +5,7 @@ test (and validation) split, otherwise prepare carves them out with a seeded str
 Each source lives in its own module and registers itself on import.
 """
 
+from kdpipe.data.sources import digits, imagefolder, medmnist, torchvision_sets  # noqa: F401  (registers)
 from kdpipe.data.sources.base import SOURCES, SourceData, register_source
-from kdpipe.data.sources import digits, imagefolder, medmnist, torchvision_sets  # noqa: F401,E402  (registers)
 
 __all__ = ["SOURCES", "SourceData", "register_source"]

@@ -116,5 +116,9 @@ def load_imagefolder(cfg) -> SourceData:
         train=arrays["train"],
         test=arrays["test"],
         val=arrays.get("val"),
-        report={"skipped_corrupt": len(bad), "skipped_files": [d.path for d in bad[:100]]},
+        report={
+            "decoded_images": len(everything) + len(bad),
+            "skipped_corrupt": len(bad),
+            "skipped_files": [d.path for d in bad[:100]],
+        },
     )
