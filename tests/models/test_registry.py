@@ -38,6 +38,9 @@ def test_checkpoint_round_trip(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
     assert got.class_names == ["a", "b", "c"] and got.image_shape == (1, 8, 8)
+    # the same model saved twice gives the same bytes (DVC then sees an unchanged output)
+    save_checkpoint(tmp_path / "again.pt", model, info)
+    assert (tmp_path / "m.pt").read_bytes() == (tmp_path / "again.pt").read_bytes()
 
 
 def test_missing_or_corrupt_checkpoint_is_named(tmp_path):

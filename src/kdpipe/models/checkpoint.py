@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,11 @@ class ModelInfo:
 def save_checkpoint(path: str | Path, model: nn.Module, info: ModelInfo) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "info": asdict(info), "state_dict": state}
-    write_with(path, lambda tmp: torch.save(payload, tmp))
+    # Saved through a buffer: torch.save names the zip's root folder after the file it writes,
+    # and the temporary name is random, so writing to the path would change the bytes each time.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_with(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
 
 
 def load_checkpoint(path: str | Path, stage_hint: str | None = None) -> tuple[nn.Module, ModelInfo]:
