@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["src", "data/raw", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
+PROJECT_FILES = ["src", "data/raw", "compare", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
 
 
 def load_default_params() -> dict:
@@ -51,10 +51,8 @@ def tiny_params(**overrides) -> dict:
     return p
 
 
-@pytest.fixture
-def workspace(tmp_path: Path):
-    """A fresh git + DVC copy of the project, set to tiny params; yields its path."""
-    ws = tmp_path / "ws"
+def make_workspace(ws: Path) -> Path:
+    """A fresh git + DVC copy of the project at ``ws``, set to tiny params."""
     ws.mkdir()
     for rel in PROJECT_FILES:
         src = ROOT / rel
@@ -71,3 +69,12 @@ def workspace(tmp_path: Path):
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], ws)
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], ws)
     return ws
+
+
+def write_params(ws: Path, **overrides) -> None:
+    (ws / "params.yaml").write_text(yaml.safe_dump(tiny_params(**overrides), sort_keys=False))
+
+
+@pytest.fixture
+def workspace(tmp_path: Path):
+    return make_workspace(tmp_path / "ws")

@@ -100,3 +100,13 @@ def test_unknown_dataset_lists_the_valid_names():
     assert "data.dataset" in msg and "did you mean 'cifar10'" in msg
     for name in ("digits", "cifar100", "mnist", "fashion_mnist", "medmnist", "imagefolder"):
         assert name in msg
+
+
+def test_method_sections_are_validated_by_the_method():
+    raw = load_default_params()
+    raw["distill"]["at"] = {"wieght": 3}
+    assert "distill.at.wieght: unknown key (did you mean 'weight'?)" in error_of(raw)
+    raw["distill"]["at"] = {"weight": -3}
+    assert "at.weight" in error_of(raw) and "-3" in error_of(raw)
+    raw["distill"]["at"] = {"weight": 3}
+    assert parse_params(raw).distill.model_extra["at"].weight == 3

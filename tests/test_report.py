@@ -24,3 +24,18 @@ def test_readme_update_replaces_only_between_markers(tmp_path):
     readme.write_text("no markers")
     with pytest.raises(SystemExit):
         update_readme(readme, "x")
+
+
+def test_methods_table():
+    from kdpipe.compare import markdown_table
+
+    table = {
+        "none": {"student": "resnet18", "teacher": None, "epochs": 10, "test_accuracy_best_val": 0.95,
+                 "test_accuracy_last": 0.94, "train_seconds": 30.2, "extra_params": 0},
+        "kd": {"student": "resnet18", "teacher": "resnet34", "epochs": 10, "test_accuracy_best_val": 0.97,
+               "test_accuracy_best_val_std": 0.01, "test_accuracy_last": 0.96, "train_seconds": 41.0,
+               "extra_params": 0},
+    }
+    lines = markdown_table(table).splitlines()
+    assert lines[2] == "| none | resnet18 | — | 10 | 0.9500 | 0.9400 | 30 | 0 |"
+    assert lines[3] == "| kd | resnet18 | resnet34 | 10 | 0.9700 ± 0.0100 | 0.9600 | 41 | 0 |"

@@ -23,7 +23,7 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
-def _one_of(kind: str, value: str, allowed: list[str]) -> str:
+def one_of(kind: str, value: str, allowed: list[str]) -> str:
     if value not in allowed:
         close = difflib.get_close_matches(value, allowed, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -56,7 +56,7 @@ class DataConfig(Section):
     def _known_dataset(cls, v: str) -> str:
         from kdpipe.data.sources import SOURCES
 
-        return _one_of("data set", v, sorted(SOURCES))
+        return one_of("data set", v, sorted(SOURCES))
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> DataConfig:
@@ -98,7 +98,7 @@ class RoleConfig(Section):
     def _known_arch(cls, v: str) -> str:
         from kdpipe.models.registry import MODELS
 
-        return _one_of("architecture", v, sorted(MODELS))
+        return one_of("architecture", v, sorted(MODELS))
 
 
 class DistillConfig(Section):
@@ -116,7 +116,7 @@ class DistillConfig(Section):
     def _known_method(cls, v: str) -> str:
         from kdpipe.methods import METHODS
 
-        return _one_of("distillation method", v, sorted(METHODS))
+        return one_of("distillation method", v, sorted(METHODS))
 
     @model_validator(mode="after")
     def _method_sections(self) -> DistillConfig:
@@ -133,7 +133,16 @@ class DistillConfig(Section):
             schema = METHODS[key].Params
             if schema is None:
                 raise ValueError(f"method '{key}' takes no settings of its own")
-            self.model_extra[key] = schema.model_validate(value or {})
+            try:
+                self.model_extra[key] = schema.model_validate(value or {})
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                field = ".".join(str(p) for p in err["loc"])
+                if err["type"] == "extra_forbidden":
+                    close = difflib.get_close_matches(str(err["loc"][-1]), list(schema.model_fields), n=1)
+                    hint = f" (did you mean '{close[0]}'?)" if close else ""
+                    raise ValueError(f"unknown key '{key}.{field}'{hint}") from None
+                raise ValueError(f"{key}.{field}: {err['msg']} (got {err.get('input')!r})") from None
         return self
 
 
@@ -155,6 +164,20 @@ class QuantizeConfig(Section):
     per_channel: bool = True
 
 
+class CompareConfig(Section):
+    """The method comparison (compare/dvc.yaml): same data, teacher, student and budget for all."""
+
+    methods: list[str] = Field(default_factory=lambda: ["none", "kd"])
+    seeds: list[int] = Field(default_factory=lambda: [42], min_length=1)
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, v: list[str]) -> list[str]:
+        from kdpipe.methods import METHODS
+
+        return [one_of("distillation method", m, sorted(METHODS)) for m in v]
+
+
 class EvaluateConfig(Section):
     latency_threads: int = Field(1, ge=1, description="CPU threads used to time batch-1 latency")
     latency_warmup: int = Field(10, ge=0)
@@ -171,6 +194,7 @@ class Params(Section):
     distill: StudentDistillConfig = StudentDistillConfig()
     quantize: QuantizeConfig = QuantizeConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    compare: CompareConfig = CompareConfig()
 
     def role(self, name: str) -> RoleConfig:
         if name not in ROLES:

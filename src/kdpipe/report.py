@@ -1,7 +1,7 @@
 """Markdown results table of a run, and its refresh inside README.md.
 
     PYTHONPATH=src python -m kdpipe.report            # print the table of metrics/evaluate.json
-    PYTHONPATH=src python -m kdpipe.report --readme   # write it between the README's markers
+    PYTHONPATH=src python -m kdpipe.report --readme   # write it (and the methods table) into README
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import sys
 from pathlib import Path
 
 from kdpipe import paths
+from kdpipe.compare import METHODS_METRICS, markdown_table
 from kdpipe.io import read_json, write_text
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+METHODS_START, METHODS_END = "<!-- methods:start -->", "<!-- methods:end -->"
 ROWS = [
     ("teacher", "teacher"),
     ("assistant", "assistant"),
@@ -69,10 +71,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--readme", nargs="?", const="README.md", help="update the table in this README")
     args = parser.parse_args(argv)
     table = results_table(*load_run())
+    methods = markdown_table(read_json(METHODS_METRICS)) if METHODS_METRICS.is_file() else None
     if args.readme:
         update_readme(Path(args.readme), table)
+        if methods:
+            update_readme(Path(args.readme), methods, METHODS_START, METHODS_END)
     else:
-        sys.stdout.write(table + "\n")
+        sys.stdout.write(table + "\n" + (f"\n{methods}\n" if methods else ""))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ def _lookup(raw: dict[str, Any], dotted: str) -> Any:
 
 
 def declared_outputs(stage: str, dvc_file: str | Path = DVC_FILE, params_file: str | Path = "params.yaml") -> list[Path]:
-    """Non-persistent outputs of ``stage`` in dvc.yaml, with ``${param}`` templates resolved."""
+    """Non-persistent outputs of ``stage`` in dvc.yaml, with ``${param}`` templates resolved.
+    (Paths are relative to the repository root: stages in other dvc.yaml files use ``wdir``.)"""
     try:
         spec = yaml.safe_load(Path(dvc_file).read_text())["stages"][stage]
         raw_params = yaml.safe_load(Path(params_file).read_text()) or {}
@@ -69,9 +70,9 @@ def setup_logging() -> None:
     log.propagate = False
 
 
-def run_stage(name: str, body: Callable[[Params], None]) -> None:
+def run_stage(name: str, body: Callable[[Params], None], dvc_file: str | Path = DVC_FILE) -> None:
     setup_logging()
-    outputs = declared_outputs(name)
+    outputs = declared_outputs(name, dvc_file)
     try:
         params = load_params()
         body(params)

@@ -4,17 +4,19 @@ and student (distilled from the assistant, or from the teacher when the chain is
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
+import torch
 from dvclive import Live
 
 from kdpipe import paths
 from kdpipe.config import DistillConfig, Params
-from kdpipe.data.prepared import load_prepared
+from kdpipe.data.prepared import load_meta, load_prepared
 from kdpipe.engine.runtime import setup_runtime
-from kdpipe.engine.trainer import fit, summary
+from kdpipe.engine.trainer import EpochLogger, FitResult, fit, summary
 from kdpipe.errors import MissingInputError
 from kdpipe.io import write_json
-from kdpipe.methods import METHODS, build_method
+from kdpipe.methods import METHODS, MethodContext, build_method
 from kdpipe.models.checkpoint import ModelInfo, load_checkpoint, save_checkpoint
 from kdpipe.models.registry import build_model, count_parameters
 
@@ -43,32 +45,72 @@ def link_for(params: Params, role: str) -> tuple[DistillConfig | None, str | Non
     return params.distill, params.distill.teacher
 
 
-def train_role(params: Params, role: str) -> None:
+@dataclass
+class TrainedLink:
+    student: torch.nn.Module
+    method: str
+    teacher_role: str | None
+    result: FitResult
+    extra_params: int
+    precision: str
+    device: str
+
+
+def train_link(
+    params: Params,
+    role: str,
+    link: DistillConfig | None = None,
+    seed: int | None = None,
+    logger: EpochLogger | None = None,
+) -> TrainedLink:
+    """Train ``role`` on the prepared data with its link's method (or ``link`` instead)."""
     role_cfg = params.role(role)
-    seed = params.seed + ROLE_SEED_OFFSET[role]
+    seed = (params.seed if seed is None else seed) + ROLE_SEED_OFFSET[role]
     runtime = setup_runtime(params.train, seed)
     data = load_prepared(paths.PREPARED_DIR)
     meta = data.meta
 
-    link, teacher_role = link_for(params, role)
+    default_link, teacher_role = link_for(params, role)
+    link = link or default_link
     method_name = link.method if link is not None else "none"
-    teacher = None
+    teacher, teacher_info = None, None
     if METHODS[method_name].needs_teacher:
         teacher, teacher_info = load_checkpoint(paths.checkpoint_path(teacher_role), paths.STAGE_OF_ROLE[teacher_role])
         if teacher_info.class_names != meta.class_names or tuple(teacher_info.image_shape) != meta.image_shape:
             raise_stale(teacher_role)
-    student = build_model(
-        role_cfg.arch, meta.num_classes, meta.channels, max(meta.height, meta.width), role_cfg.pretrained
+    size = max(meta.height, meta.width)
+    student = build_model(role_cfg.arch, meta.num_classes, meta.channels, size, role_cfg.pretrained)
+    context = MethodContext(
+        where="distill" if role == "student" else f"{role}.distill",
+        input_shape=meta.image_shape,
+        build_network=lambda arch: build_model(arch, meta.num_classes, meta.channels, size),
+        student_arch=role_cfg.arch,
+        teacher_arch=teacher_info.arch if teacher_info is not None else None,
     )
-    method = build_method(method_name, student, teacher, link, role_cfg.label_smoothing)
+    method = build_method(method_name, student, teacher, link, role_cfg.label_smoothing, context)
     log.info(
         "%s: %s%s (%s params), method %s%s, %s",
-        role, role_cfg.arch, " (ImageNet-pretrained)" if role_cfg.pretrained else "", f"{count_parameters(student):,}", method_name,
-        f" from {teacher_role}" if teacher is not None else "", runtime.describe(),
+        role, role_cfg.arch, " (ImageNet-pretrained)" if role_cfg.pretrained else "", f"{count_parameters(student):,}",
+        method_name, f" from {teacher_role}" if teacher is not None else "", runtime.describe(),
     )
-    with Live(dir=str(paths.live_dir(role)), dvcyaml=False, save_dvc_exp=False, report=None) as live:
-        result = fit(method, role_cfg, params.train, data, runtime, seed, DvcLiveLogger(live), desc=role)
+    try:
+        result = fit(method, role_cfg, params.train, data, runtime, seed, logger, desc=role)
+    finally:
+        method.close()
+    return TrainedLink(
+        student=method.student, method=method_name, teacher_role=teacher_role if teacher is not None else None,
+        result=result, extra_params=method.extra_parameters(), precision=runtime.precision,
+        device=runtime.device.type,
+    )
 
+
+def train_role(params: Params, role: str) -> None:
+    """The training stages: train ``role``, log with dvclive, write its checkpoint and metrics."""
+    role_cfg = params.role(role)
+    meta = load_meta(paths.PREPARED_DIR)
+    with Live(dir=str(paths.live_dir(role)), dvcyaml=False, save_dvc_exp=False, report=None) as live:
+        trained = train_link(params, role, logger=DvcLiveLogger(live))
+    result = trained.result
     info = ModelInfo(
         role=role, arch=role_cfg.arch, num_classes=meta.num_classes, image_shape=meta.image_shape,
         class_names=meta.class_names, mean=meta.mean, std=meta.std, pretrained=role_cfg.pretrained,
@@ -79,16 +121,16 @@ def train_role(params: Params, role: str) -> None:
         paths.train_metrics_path(role),
         {
             "arch": role_cfg.arch,
-            "method": method_name,
-            "teacher": teacher_role if teacher is not None else None,
-            "params": count_parameters(student),
-            "extra_params": method.extra_parameters(),
-            "precision": runtime.precision,
-            "device": runtime.device.type,
+            "method": trained.method,
+            "teacher": trained.teacher_role,
+            "params": count_parameters(trained.student),
+            "extra_params": trained.extra_params,
+            "precision": trained.precision,
+            "device": trained.device,
             **summary(result),
         },
     )
-    save_checkpoint(paths.checkpoint_path(role), method.student, info)
+    save_checkpoint(paths.checkpoint_path(role), trained.student, info)
     log.info("%s: best val accuracy %.4f at epoch %d", role, result.best_val_accuracy, result.best_epoch)
 
 

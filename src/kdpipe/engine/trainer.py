@@ -39,6 +39,7 @@ class FitResult:
     train_seconds: float
     images_per_second: float
     history: list[dict[str, float]] = field(default_factory=list)
+    last_state: dict[str, torch.Tensor] | None = None  # weights after the last epoch (CPU)
 
 
 class NonFiniteLossError(KdpipeError):
@@ -82,6 +83,7 @@ def fit(
     seen = 0
     for epoch in range(1, role.epochs + 1):
         epoch_start = time.perf_counter()
+        method.set_progress(epoch, role.epochs)
         method.train()
         sums = {"loss": torch.zeros((), device=device), "correct": torch.zeros((), device=device)}
         terms_sum: dict[str, torch.Tensor] = {}
@@ -143,6 +145,7 @@ def fit(
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in method.student.state_dict().items()})
     seconds = time.perf_counter() - start
     assert best_state is not None
+    last_state = {k: v.detach().cpu().clone() for k, v in method.student.state_dict().items()}
     method.student.load_state_dict(best_state)
     method.student.to("cpu").to(memory_format=torch.contiguous_format).eval()
     return FitResult(
@@ -154,6 +157,7 @@ def fit(
         train_seconds=seconds,
         images_per_second=seen / seconds,
         history=history,
+        last_state=last_state,
     )
 
 

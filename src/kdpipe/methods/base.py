@@ -8,6 +8,8 @@ with it. Adding a method is one module that subclasses ``Method`` and registers 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -18,6 +20,17 @@ if TYPE_CHECKING:
     from kdpipe.config import DistillConfig
 
 METHODS: dict[str, type[Method]] = {}
+
+
+@dataclass
+class MethodContext:
+    """What a method may need besides the two networks."""
+
+    where: str = "distill"  # the params section of this link, for error messages
+    input_shape: tuple[int, int, int] | None = None  # (C, H, W), to probe feature shapes
+    build_network: Callable[[str], nn.Module] | None = None  # a fresh model of an arch for this data
+    student_arch: str | None = None
+    teacher_arch: str | None = None
 
 
 def register_method(name: str):
@@ -41,8 +54,11 @@ class Method(nn.Module):
         teacher: nn.Module | None,
         cfg: DistillConfig | None = None,
         label_smoothing: float = 0.0,
+        context: MethodContext | None = None,
     ):
         super().__init__()
+        self.context = context or MethodContext()
+        self.epoch, self.epochs = 1, 1
         if self.needs_teacher and teacher is None:
             raise ValueError(f"distillation method '{self.name}' needs a teacher")
         self.student = student
@@ -60,6 +76,19 @@ class Method(nn.Module):
         if self.teacher is not None:
             self.teacher.eval()
         return self
+
+    @property
+    def params(self):
+        """This method's own settings (``distill.<name>``), defaults filled in."""
+        extra = (self.cfg.model_extra or {}).get(self.name) if self.cfg is not None else None
+        return extra if extra is not None else self.Params()
+
+    def set_progress(self, epoch: int, epochs: int) -> None:
+        """Called at the start of each epoch (1-based), for schedules inside a method."""
+        self.epoch, self.epochs = epoch, epochs
+
+    def close(self) -> None:
+        """Release hooks on the networks once training is over."""
 
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
