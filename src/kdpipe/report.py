@@ -58,12 +58,12 @@ def load_run(metrics_dir: Path = paths.METRICS_DIR) -> tuple[dict, dict]:
     return evaluate, train
 
 
-def update_readme(readme: Path, table: str) -> None:
+def update_readme(readme: Path, table: str, start: str = START, end: str = END) -> None:
     text = readme.read_text()
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.DOTALL)
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.DOTALL)
     if not pattern.search(text):
-        raise SystemExit(f"{readme}: no {START} ... {END} markers")
-    write_text(readme, pattern.sub(lambda _: f"{START}\n{table}\n{END}", text))
+        raise SystemExit(f"{readme}: no {start} ... {end} markers")
+    write_text(readme, pattern.sub(lambda _: f"{start}\n{table}\n{end}", text))
 
 
 def main(argv: list[str] | None = None) -> None:
