@@ -94,10 +94,18 @@ def make_splits(cfg: DataConfig, seed: int) -> tuple[list[str], dict[str, Split]
     return source.class_names, splits, source.report
 
 
-def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
-    scaled = x.astype(np.float64) / 255.0
-    mean = scaled.mean(axis=(0, 2, 3))
-    std = scaled.std(axis=(0, 2, 3))
+def channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] units, accumulated in float64 over chunks of images
+    (a float64 copy of a whole CIFAR-sized split would take over a gigabyte)."""
+    total = np.zeros(x.shape[1])
+    squares = np.zeros(x.shape[1])
+    for start in range(0, len(x), chunk):
+        part = x[start : start + chunk].astype(np.float64) / 255.0
+        total += part.sum(axis=(0, 2, 3))
+        squares += np.square(part).sum(axis=(0, 2, 3))
+    count = x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
     return mean.round(6).tolist(), np.maximum(std, 1e-6).round(6).tolist()
 
 
