@@ -18,7 +18,7 @@ import torch
 from kdpipe import paths
 from kdpipe.config import Params
 from kdpipe.data.batches import BatchTransform
-from kdpipe.data.prepared import load_prepared
+from kdpipe.data.prepared import PreparedData, load_prepared
 from kdpipe.engine.inference import predict_logits
 from kdpipe.io import atomic_path, write_json
 from kdpipe.training import train_link
@@ -29,20 +29,19 @@ METHODS_PLOT = paths.PLOTS_DIR / "methods" / "methods.csv"
 SCORES = ("test_accuracy_best_val", "test_accuracy_last", "train_seconds")
 
 
-def test_accuracy(model: torch.nn.Module, params: Params) -> float:
-    data = load_prepared(paths.PREPARED_DIR, splits=("test",))
-    test = data["test"]
-    transform = BatchTransform(data.meta, torch.device("cpu"), channels_last=False)
-    logits = predict_logits(model.to("cpu"), test, transform, params.train.eval_batch_size)
-    return float((logits.argmax(1) == test.labels).float().mean())
+def test_accuracy(model: torch.nn.Module, test: PreparedData, batch_size: int) -> float:
+    transform = BatchTransform(test.meta, torch.device("cpu"), channels_last=False)
+    logits = predict_logits(model.to("cpu"), test["test"], transform, batch_size)
+    return float((logits.argmax(1) == test["test"].labels).float().mean())
 
 
-def run_one(params: Params, method: str, seed: int) -> dict:
+def run_one(params: Params, method: str, seed: int, test: PreparedData) -> dict:
     link = params.distill.model_copy(update={"method": method})
     trained = train_link(params, "student", link=link, seed=seed)
-    best = test_accuracy(trained.student, params)
+    batch = params.train.eval_batch_size
+    best = test_accuracy(trained.student, test, batch)
     trained.student.load_state_dict(trained.result.last_state)
-    last = test_accuracy(trained.student, params)
+    last = test_accuracy(trained.student, test, batch)
     return {
         "test_accuracy_best_val": round(best, 6),
         "test_accuracy_last": round(last, 6),
@@ -66,8 +65,9 @@ def aggregate(runs: list[dict]) -> dict:
 
 def compare_methods(params: Params) -> dict:
     table = {}
+    test = load_prepared(paths.PREPARED_DIR, splits=("test",))
     for method in params.compare.methods:
-        runs = [run_one(params, method, seed) for seed in params.compare.seeds]
+        runs = [run_one(params, method, seed, test) for seed in params.compare.seeds]
         row = aggregate(runs)
         table[method] = {
             "student": params.student.arch,

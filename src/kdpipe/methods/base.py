@@ -68,8 +68,12 @@ class Method(nn.Module):
             teacher.eval().requires_grad_(False)
         self.cfg = cfg
         self.label_smoothing = label_smoothing
+        self.setup()
 
     teacher: nn.Module | None
+
+    def setup(self) -> None:
+        """Build the method's own parts (peers, heads, taps): override instead of ``__init__``."""
 
     def train(self, mode: bool = True) -> Method:
         super().train(mode)

@@ -40,8 +40,8 @@ class BeYourOwnTeacher(Method):
     needs_teacher = False
     Params = BYOTParams
 
-    def __init__(self, student, teacher=None, cfg=None, label_smoothing=0.0, context=None):
-        super().__init__(student, teacher, cfg, label_smoothing, context)
+    def setup(self):
+        student = self.student
         where = f"{self.context.where}.byot.layers"
         layers = self.params.layers or default_stages(self.context.student_arch or "")[:3]
         self.tap = FeatureTap(student, layers, where, embedding=True)

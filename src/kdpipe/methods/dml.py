@@ -32,8 +32,7 @@ class DeepMutualLearning(Method):
     needs_teacher = False
     Params = DMLParams
 
-    def __init__(self, student, teacher=None, cfg=None, label_smoothing=0.0, context=None):
-        super().__init__(student, teacher, cfg, label_smoothing, context)
+    def setup(self):
         build = self.context.build_network
         if build is None:
             raise ValueError("dml needs a way to build its peers")

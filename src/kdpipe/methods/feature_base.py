@@ -29,8 +29,8 @@ class FeatureMethod(Method):
     uses_embedding: ClassVar[bool] = False  # also tap the classifier's input
     Params = FeatureParams
 
-    def __init__(self, student, teacher, cfg=None, label_smoothing=0.0, context=None):
-        super().__init__(student, teacher, cfg, label_smoothing, context)
+    def setup(self):
+        student, teacher = self.student, self.teacher
         p, ctx = self.params, self.context
         where = f"{ctx.where}.{self.name}"
         s_layers = p.student_layers or self._defaults(ctx.student_arch, where)
