@@ -1,4 +1,4 @@
-"""Stage quantize: student -> models/student.onnx (checked) -> models/student_int8.onnx."""
+"""Stage quantize: student -> models/student.onnx (checked) -> static, dynamic and QAT int8 ONNX files."""
 
 from kdpipe.quantize import quantize_student
 from kdpipe.stage import run_stage

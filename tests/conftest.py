@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["src", "data/raw", "compare", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
+PROJECT_FILES = ["src", "benchmarks", "data/raw", "compare", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
 
 
 def load_default_params() -> dict:
@@ -40,6 +40,7 @@ def tiny_params(**overrides) -> dict:
         p[role]["arch"] = "resnet18"
         p[role]["epochs"] = epochs
     p["quantize"]["calibration_samples"] = 64
+    p["quantize"]["qat"]["epochs"] = 1
     p["evaluate"]["latency_runs"] = 3
     p["evaluate"]["latency_warmup"] = 1
     for dotted, value in overrides.items():

@@ -1,12 +1,16 @@
 """End to end: `dvc repro` on a tiny config in a temporary copy, then an experiment."""
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from PIL import Image
 
 from conftest import run
+from kdpipe.data.prepared import load_prepared
 from kdpipe.onnx_export import onnx_logits, ort_session
 
 EXPECTED_FILES = [
@@ -16,6 +20,8 @@ EXPECTED_FILES = [
     "models/student.pt",
     "models/student.onnx",
     "models/student_int8.onnx",
+    "models/student_qat_int8.onnx",
+    "models/student_dynamic_int8.onnx",
     "metrics/prepare.json",
     "metrics/train_teacher.json",
     "metrics/train_assistant.json",
@@ -30,6 +36,27 @@ EXPECTED_FILES = [
 ]
 
 
+def check_predict_agrees_with_evaluate(ws, accuracy: float) -> None:
+    """The prepared test images saved as PNG files, plus a broken one, through src/predict.py."""
+    data = load_prepared(ws / "data/prepared", splits=("test",))
+    folder = ws / "test_pngs"
+    for i, (img, label) in enumerate(zip(data["test"].images, data["test"].labels)):
+        (folder / data.meta.class_names[label]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img[0].numpy(), "L").save(folder / data.meta.class_names[label] / f"{i}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    proc = run([sys.executable, "src/predict.py", str(folder), "--model", "models/student_int8.onnx", "--topk", "3"],
+               ws, check=False)
+    assert proc.returncode == 1, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(rows) == len(data["test"]) + 1
+    errors = [r for r in rows if "error" in r]
+    assert [Path(r["path"]).name for r in errors] == ["broken.png"]
+    good = [r for r in rows if "error" not in r]
+    hits = [r["label"] == Path(r["path"]).parent.name for r in good]
+    assert sum(hits) / len(hits) == pytest.approx(accuracy, abs=1e-6)
+    assert all(len(r["topk"]) == 3 and r["topk"][0]["label"] == r["label"] for r in good)
+
+
 @pytest.mark.integration
 def test_dvc_repro_then_experiment(workspace):
     repro = run(["dvc", "repro"], workspace)
@@ -37,18 +64,24 @@ def test_dvc_repro_then_experiment(workspace):
         assert (workspace / rel).is_file(), f"{rel} missing after dvc repro:\n{repro.stdout}"
 
     ev = json.loads((workspace / "metrics/evaluate.json").read_text())
-    assert set(ev) >= {"teacher", "assistant", "student", "student_int8"}
-    for name in ("teacher", "assistant", "student", "student_int8"):
-        row = ev[name]
+    deployed = ("student_onnx", "student_int8", "student_dynamic_int8", "student_qat")
+    assert set(ev) == {"teacher", "assistant", "student", *deployed}
+    for name, row in ev.items():
         assert 0.0 <= row["accuracy"] <= 1.0
-        assert row["params"] > 0 and row["size_mb"] > 0 and row["latency_ms"] > 0
+        assert row["params"] > 0 and row["size_mb"] > 0 and row["latency_ms"] > 0 and row["throughput_b64"] > 0
+        assert row["speedup_vs_student"] == pytest.approx(ev["student"]["latency_ms"] / row["latency_ms"], rel=1e-2)
     # 300 training digits, a few epochs: well above the 10% of chance, not yet converged
     for name in ("teacher", "assistant", "student", "student_int8"):
         assert ev[name]["accuracy"] > 0.25, (name, ev[name])
-    assert ev["student_int8"]["size_mb"] < ev["student_onnx"]["size_mb"] / 3
+    for name in ("student_int8", "student_qat", "student_dynamic_int8"):
+        assert ev[name]["size_mb"] < ev["student_onnx"]["size_mb"] / 3
+    # int8 stays close to fp32 on this tiny model (100 test images: 5 pt is 5 images)
+    for name in ("student_int8", "student_qat"):
+        assert ev[name]["accuracy"] >= ev["student_onnx"]["accuracy"] - 0.05, (name, ev)
 
     q = json.loads((workspace / "metrics/quantize.json").read_text())
-    assert q["onnx_max_abs_diff"] <= q["onnx_atol"]
+    assert q["onnx_max_abs_diff"] <= q["onnx_atol"] and q["qat_onnx_max_abs_diff"] <= q["onnx_atol"]
+    assert q["qat_epochs"] == 1 and 1 <= q["qat_best_epoch"] <= 1
     model = onnx.load(str(workspace / "models/student.onnx"))
     onnx.checker.check_model(model)
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch axis
@@ -57,6 +90,11 @@ def test_dvc_repro_then_experiment(workspace):
     # the int8 file runs at any batch size
     x = np.zeros((3, 1, 8, 8), dtype=np.float32)
     assert onnx_logits(ort_session(workspace / "models/student_int8.onnx"), x).shape == (3, 10)
+
+    check_predict_agrees_with_evaluate(workspace, ev["student_int8"]["accuracy"])
+    bench = run([sys.executable, "benchmarks/deploy.py", "--runs", "2"], workspace, check=False)
+    assert bench.returncode in (0, 1), bench.stderr  # 1: a goal missed by this barely trained model
+    assert "models/student_int8.onnx" in bench.stdout and "x faster than the fp32 student" in bench.stdout
 
     assert "didn't change" in run(["dvc", "repro"], workspace).stdout
     status = run(["dvc", "status", "dvc.yaml"], workspace).stdout

@@ -156,12 +156,26 @@ class StudentDistillConfig(DistillConfig):
     )
 
 
+class QatConfig(Section):
+    """Quantization-aware distillation of the student (models/student_qat_int8.onnx)."""
+
+    epochs: int = Field(2, ge=1, description="fine-tuning epochs under simulated int8")
+    lr: float = Field(1e-5, gt=0, description="peak learning rate (cosine decay), far below training's")
+    weight_decay: float = Field(0.0, ge=0)
+
+
 class QuantizeConfig(Section):
     opset: int = Field(18, ge=13)
     atol: float = Field(1e-4, gt=0, description="max |logit difference| ONNX fp32 vs PyTorch")
     calibration_samples: int = Field(512, ge=1)
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     per_channel: bool = True
+    qat: QatConfig = QatConfig()
+    # Dynamic int8 (weights int8 ahead of time, activation ranges computed per batch at run time)
+    # helps MatMul/Gemm-heavy models; for convolutions ONNX Runtime's ConvInteger is often slower.
+    dynamic_op_types: list[Literal["Conv", "MatMul", "Gemm"]] = Field(
+        default_factory=lambda: ["Conv", "MatMul", "Gemm"], min_length=1
+    )
 
 
 class CompareConfig(Section):
@@ -182,6 +196,8 @@ class EvaluateConfig(Section):
     latency_threads: int = Field(1, ge=1, description="CPU threads used to time batch-1 latency")
     latency_warmup: int = Field(10, ge=0)
     latency_runs: int = Field(50, ge=1)
+    throughput_batch: int = Field(64, ge=1, description="batch size of the throughput measurement")
+    throughput_runs: int = Field(10, ge=1)
 
 
 class Params(Section):

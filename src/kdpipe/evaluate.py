@@ -1,62 +1,36 @@
-"""The evaluate stage: every model of the chain on the test split, plus size and CPU latency."""
+"""The evaluate stage: every model of the chain and every deployable file on the test split,
+with size, parameters, batch-1 CPU latency and batched throughput."""
 
 from __future__ import annotations
 
 import csv
 import logging
-import statistics
-import time
-from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 from sklearn.metrics import f1_score, log_loss
 
 from kdpipe import paths
 from kdpipe.config import EvaluateConfig, Params
-from kdpipe.data.batches import BatchTransform
 from kdpipe.data.prepared import load_prepared
-from kdpipe.engine.inference import predict_logits
 from kdpipe.errors import MissingInputError
 from kdpipe.io import atomic_path, write_json
-from kdpipe.models.checkpoint import load_checkpoint
-from kdpipe.models.registry import count_parameters
-from kdpipe.onnx_export import onnx_logits, ort_session
+from kdpipe.measure import median_latency_ms, throughput
+from kdpipe.model_file import ModelFile, normalise, open_model
 
 log = logging.getLogger("kdpipe")
-TORCH_MODELS = ("teacher", "assistant", "student")
-ONNX_MODELS = {"student_onnx": paths.STUDENT_ONNX, "student_int8": paths.STUDENT_INT8_ONNX}
+# metrics/evaluate.json key -> (file, the stage that writes it)
+MODEL_FILES: dict[str, tuple[Path, str]] = {
+    "teacher": (paths.checkpoint_path("teacher"), "train_teacher"),
+    "assistant": (paths.checkpoint_path("assistant"), "train_assistant"),
+    "student": (paths.checkpoint_path("student"), "distill_student"),
+    "student_onnx": (paths.STUDENT_ONNX, "quantize"),
+    "student_int8": (paths.STUDENT_INT8_ONNX, "quantize"),
+    "student_dynamic_int8": (paths.STUDENT_DYNAMIC_INT8_ONNX, "quantize"),
+    "student_qat": (paths.STUDENT_QAT_INT8_ONNX, "quantize"),
+}
 PLOTS_DIR = paths.PLOTS_DIR / "evaluate"
-
-
-def median_latency_ms(run: Callable[[], object], warmup: int, runs: int) -> float:
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000.0
-
-
-def torch_latency_ms(model: torch.nn.Module, x: torch.Tensor, cfg: EvaluateConfig) -> float:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.latency_threads)
-    try:
-        with torch.inference_mode():
-            return median_latency_ms(lambda: model(x), cfg.latency_warmup, cfg.latency_runs)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def onnx_params(path: Path) -> int:
-    """Weights stored in the graph (quantized or not), not counting scales and zero points."""
-    model = onnx.load(str(path))
-    return int(sum(np.prod(t.dims) for t in model.graph.initializer if len(t.dims) > 1 or "bias" in t.name))
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
@@ -76,69 +50,61 @@ def write_predictions(name: str, pred: np.ndarray, labels: np.ndarray, class_nam
         writer.writerows((class_names[a], class_names[p]) for a, p in zip(labels, pred))
 
 
+def score_model(
+    model: ModelFile, x: np.ndarray, labels: np.ndarray, num_classes: int, cfg: EvaluateConfig, eval_batch_size: int
+) -> tuple[dict, np.ndarray]:
+    """Accuracy and friends on (x, labels), size, parameters, batch-1 latency and batched throughput
+    with ``cfg.latency_threads`` threads. Returns the row and the logits."""
+    logits = model.logits(x, eval_batch_size)
+    batch = np.resize(x, (cfg.throughput_batch, *x.shape[1:]))  # repeats images if the split is small
+    with model.predictor(cfg.latency_threads) as run:
+        latency = median_latency_ms(run, x[:1], cfg.latency_warmup, cfg.latency_runs)
+        images_per_second = throughput(run, batch, min(cfg.latency_warmup, 3), cfg.throughput_runs)
+    row = {
+        "arch": model.arch,
+        "runtime": model.runtime,
+        **classification_metrics(logits, labels, num_classes),
+        "params": model.params,
+        "size_mb": model.size_mb,
+        "latency_ms": round(latency, 4),
+        f"throughput_b{cfg.throughput_batch}": round(images_per_second, 1),
+    }
+    return row, logits
+
+
 def evaluate_all(params: Params) -> dict[str, dict]:
     cfg = params.evaluate
     data = load_prepared(paths.PREPARED_DIR, splits=("test",))
-    test = data["test"]
-    names = data.meta.class_names
-    transform = BatchTransform(data.meta, torch.device("cpu"), channels_last=False)
+    meta, test = data.meta, data["test"]
     labels = test.labels.numpy()
-    x_test = transform(test.images)
-    one = x_test[:1].contiguous()
+    x_test = normalise(test.images.numpy(), meta.mean, meta.std)
     results: dict[str, dict] = {}
-    for role in TORCH_MODELS:
-        path = paths.checkpoint_path(role)
-        model, info = load_checkpoint(path, paths.STAGE_OF_ROLE[role])
-        if info.class_names != names:
-            raise_mismatch(path)
-        logits = predict_logits(model, test, transform, params.train.eval_batch_size).numpy()
-        results[role] = {
-            "arch": info.arch,
-            **classification_metrics(logits, labels, len(names)),
-            "params": count_parameters(model),
-            "size_mb": round(path.stat().st_size / 1e6, 4),
-            "latency_ms": round(torch_latency_ms(model, one, cfg), 4),
-        }
-        write_predictions(role, logits.argmax(1), labels, names)
-    for name, path in ONNX_MODELS.items():
-        if not path.is_file():
-            raise MissingInputError(f"{path} not found: run `dvc repro quantize` first")
-        logits = onnx_logits(ort_session(path), x_test.numpy())
-        session = ort_session(path, threads=cfg.latency_threads)
-        feed = {session.get_inputs()[0].name: one.numpy()}
-        results[name] = {
-            "arch": results["student"]["arch"],
-            **classification_metrics(logits, labels, len(names)),
-            "params": onnx_params(path),
-            "size_mb": round(path.stat().st_size / 1e6, 4),
-            "latency_ms": round(median_latency_ms(partial(session.run, None, feed), cfg.latency_warmup, cfg.latency_runs), 4),
-        }
-        write_predictions(name, logits.argmax(1), labels, names)
-    teacher = results["teacher"]
-    for name, row in results.items():
+    for name, (path, stage) in MODEL_FILES.items():
+        model = open_model(path, stage)
+        if model.class_names != meta.class_names or tuple(model.image_shape) != meta.image_shape:
+            raise MissingInputError(f"{path} was made for other data than the prepared test split: re-run `dvc repro`")
+        results[name], logits = score_model(model, x_test, labels, meta.num_classes, cfg, params.train.eval_batch_size)
+        write_predictions(name, logits.argmax(1), labels, meta.class_names)
+    teacher, student = results["teacher"], results["student"]
+    for row in results.values():
         row["compression_vs_teacher"] = round(teacher["size_mb"] / row["size_mb"], 3)
         row["speedup_vs_teacher"] = round(teacher["latency_ms"] / row["latency_ms"], 3)
+        row["speedup_vs_student"] = round(student["latency_ms"] / row["latency_ms"], 3)
         row["latency_threads"] = cfg.latency_threads
     return results
 
 
-def raise_mismatch(path: Path) -> None:
-    raise MissingInputError(f"{path} was trained on other classes than the prepared test split: re-run `dvc repro`")
-
-
-def write_model_table(results: dict[str, dict]) -> None:
+def write_model_table(results: dict[str, dict], batch: int) -> None:
     with atomic_path(PLOTS_DIR / "models.csv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["model", "accuracy", "size_mb", "latency_ms"])
+        writer.writerow(["model", "accuracy", "size_mb", "latency_ms", "throughput"])
         for name, row in results.items():
-            if "accuracy" in row:
-                writer.writerow([name, row["accuracy"], row["size_mb"], row["latency_ms"]])
+            writer.writerow([name, row["accuracy"], row["size_mb"], row["latency_ms"], row[f"throughput_b{batch}"]])
 
 
 def run_evaluate(params: Params) -> None:
     results = evaluate_all(params)
-    write_model_table(results)
+    write_model_table(results, params.evaluate.throughput_batch)
     write_json(paths.EVALUATE_METRICS, results)
     for name, row in results.items():
-        if "accuracy" in row:
-            log.info("%-13s acc %.4f  %8.3f MB  %7.3f ms", name, row["accuracy"], row["size_mb"], row["latency_ms"])
+        log.info("%-21s acc %.4f  %8.3f MB  %7.3f ms", name, row["accuracy"], row["size_mb"], row["latency_ms"])

@@ -24,6 +24,8 @@ def live_dir(role: str) -> Path:
 
 STUDENT_ONNX = MODELS_DIR / "student.onnx"
 STUDENT_INT8_ONNX = MODELS_DIR / "student_int8.onnx"
+STUDENT_QAT_INT8_ONNX = MODELS_DIR / "student_qat_int8.onnx"
+STUDENT_DYNAMIC_INT8_ONNX = MODELS_DIR / "student_dynamic_int8.onnx"
 QUANTIZE_METRICS = METRICS_DIR / "quantize.json"
 EVALUATE_METRICS = METRICS_DIR / "evaluate.json"
 PREPARE_METRICS = METRICS_DIR / "prepare.json"

@@ -1,4 +1,5 @@
-"""Post-training static int8 quantization with ONNX Runtime (QDQ, per-channel weights).
+"""int8 students with ONNX Runtime: post-training static (QDQ, per-channel weights), dynamic,
+and quantization-aware distilled (see ``kdpipe.qat``).
 
 ONNX Runtime's quantizer is used because the deployable artefact is the ONNX file itself: it
 calibrates and quantizes the exported graph, and the same runtime executes it, so what is
@@ -14,7 +15,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from kdpipe import paths
@@ -24,6 +32,7 @@ from kdpipe.data.prepared import load_prepared
 from kdpipe.io import atomic_path, write_json
 from kdpipe.models.checkpoint import load_checkpoint
 from kdpipe.onnx_export import check_parity, export_onnx, onnx_logits, ort_session
+from kdpipe.qat import qat_distill
 
 log = logging.getLogger("kdpipe")
 
@@ -91,27 +100,54 @@ def copy_metadata(src: str | Path, dst: str | Path) -> None:
     onnx.save_model(target, str(dst))
 
 
+def quantize_dynamic_int8(fp32_path: str | Path, int8_path: str | Path, op_types: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as tmpdir:
+        pre = Path(tmpdir) / "preprocessed.onnx"
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
+        with atomic_path(int8_path) as tmp:
+            # ConvInteger has CPU kernels for uint8 weights only.
+            weight_type = QuantType.QUInt8 if "Conv" in op_types else QuantType.QInt8
+            quantize_dynamic(str(pre), str(tmp), op_types_to_quantize=list(op_types), weight_type=weight_type)
+            copy_metadata(fp32_path, tmp)
+
+
+def onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
+    return round(float((onnx_logits(ort_session(path), x).argmax(1) == y).mean()), 6)
+
+
 def quantize_student(params: Params) -> None:
-    """The quantize stage: export the student, check it, quantize it, record what was checked."""
+    """The quantize stage: export the student and check it; post-training static and dynamic int8;
+    quantization-aware distillation then int8; record what was checked."""
     cfg = params.quantize
     model, info = load_checkpoint(paths.checkpoint_path("student"), paths.STAGE_OF_ROLE["student"])
     data = load_prepared(paths.PREPARED_DIR, splits=("train", "val"))
     transform = BatchTransform(data.meta, torch.device("cpu"), channels_last=False)
+    val_x = transform(data["val"].images)
 
     export_onnx(model, info, paths.STUDENT_ONNX, cfg.opset)
-    val_x = transform(data["val"].images)
     max_diff = check_parity(model, paths.STUDENT_ONNX, val_x, cfg.atol)
     log.info("exported %s (max |logit diff| vs PyTorch %.2e)", paths.STUDENT_ONNX, max_diff)
 
     train = data["train"]
     calib = transform(calibration_images(train.images, train.labels, cfg.calibration_samples, params.seed)).numpy()
     quantize_int8(paths.STUDENT_ONNX, paths.STUDENT_INT8_ONNX, calib, cfg.calibration_method, cfg.per_channel)
+    quantize_dynamic_int8(paths.STUDENT_ONNX, paths.STUDENT_DYNAMIC_INT8_ONNX, cfg.dynamic_op_types)
+
+    qat_model, qat_result = qat_distill(params, model, data)
+    with tempfile.TemporaryDirectory() as tmpdir:
+        qat_fp32 = Path(tmpdir) / "student_qat.onnx"
+        export_onnx(qat_model, info, qat_fp32, cfg.opset)
+        qat_diff = check_parity(qat_model, qat_fp32, val_x, cfg.atol)
+        quantize_int8(qat_fp32, paths.STUDENT_QAT_INT8_ONNX, calib, cfg.calibration_method, cfg.per_channel)
 
     val_y = data["val"].labels.numpy()
-    acc = {
-        name: float((onnx_logits(ort_session(path), val_x.numpy()).argmax(1) == val_y).mean())
-        for name, path in (("fp32", paths.STUDENT_ONNX), ("int8", paths.STUDENT_INT8_ONNX))
+    files = {
+        "fp32": paths.STUDENT_ONNX,
+        "int8": paths.STUDENT_INT8_ONNX,
+        "dynamic_int8": paths.STUDENT_DYNAMIC_INT8_ONNX,
+        "qat_int8": paths.STUDENT_QAT_INT8_ONNX,
     }
+    acc = {name: onnx_accuracy(path, val_x.numpy(), val_y) for name, path in files.items()}
     write_json(
         paths.QUANTIZE_METRICS,
         {
@@ -121,10 +157,16 @@ def quantize_student(params: Params) -> None:
             "calibration_samples": len(calib),
             "calibration_method": cfg.calibration_method,
             "per_channel": cfg.per_channel,
-            "val_accuracy_fp32": round(acc["fp32"], 6),
-            "val_accuracy_int8": round(acc["int8"], 6),
-            "size_mb_fp32": round(paths.STUDENT_ONNX.stat().st_size / 1e6, 4),
-            "size_mb_int8": round(paths.STUDENT_INT8_ONNX.stat().st_size / 1e6, 4),
+            **{f"val_accuracy_{name}": value for name, value in acc.items()},
+            **{f"size_mb_{name}": round(path.stat().st_size / 1e6, 4) for name, path in files.items()},
+            "qat_epochs": cfg.qat.epochs,
+            "qat_best_epoch": qat_result.best_epoch,
+            "qat_val_accuracy_simulated": round(qat_result.best_val_accuracy, 6),
+            "qat_onnx_max_abs_diff": qat_diff,
+            "dynamic_op_types": list(cfg.dynamic_op_types),
         },
     )
-    log.info("quantized %s: val accuracy fp32 %.4f -> int8 %.4f", paths.STUDENT_INT8_ONNX, acc["fp32"], acc["int8"])
+    log.info(
+        "val accuracy: fp32 %.4f, int8 %.4f, dynamic int8 %.4f, QAT int8 %.4f",
+        acc["fp32"], acc["int8"], acc["dynamic_int8"], acc["qat_int8"],
+    )

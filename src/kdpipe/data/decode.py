@@ -45,13 +45,15 @@ def _gray_palette(img: Image.Image) -> bool:
     return bool(triples) and all(r == g == b for r, g, b in triples)
 
 
-def decode_file(path: str, channels: int | None, size: int | None) -> Decoded:
+def decode_file(path: str, channels: int | None, size: int | tuple[int, int] | None) -> Decoded:
+    """One image as uint8 (C, H, W); ``size`` is a square side or (height, width)."""
+    target = None if size is None else (size, size) if isinstance(size, int) else (size[1], size[0])
     try:
         with Image.open(path) as img:
             img.load()  # forces a full decode: a truncated file fails here, not later
             img, gray = to_uint8_mode(img, channels)
-            if size is not None and img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+            if target is not None and img.size != target:
+                img = img.resize(target, Image.Resampling.BILINEAR, reducing_gap=3.0)
             arr = np.asarray(img, dtype=np.uint8)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is reported by name
         return Decoded(path, None, error=f"{type(exc).__name__}: {exc}")
@@ -59,13 +61,13 @@ def decode_file(path: str, channels: int | None, size: int | None) -> Decoded:
     return Decoded(path, np.ascontiguousarray(arr), gray)
 
 
-def _decode_chunk(args: tuple[list[str], int | None, int | None]) -> list[Decoded]:
+def _decode_chunk(args: tuple[list[str], int | None, int | tuple[int, int] | None]) -> list[Decoded]:
     paths, channels, size = args
     return [decode_file(p, channels, size) for p in paths]
 
 
 def decode_files(
-    paths: list[str], channels: int | None, size: int | None, workers: int = 0, desc: str = "decode"
+    paths: list[str], channels: int | None, size: int | tuple[int, int] | None, workers: int = 0, desc: str = "decode"
 ) -> list[Decoded]:
     """Decode ``paths`` in order, across ``workers`` processes (0 = all cores)."""
     workers = workers or os.cpu_count() or 1

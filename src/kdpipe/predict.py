@@ -1,0 +1,90 @@
+"""Predict classes of image files with any model the pipeline writes (.pt or .onnx).
+
+Images are decoded and normalised exactly as prepare and training do (same channel conversion,
+same resampling to the model's input size, the training mean and std carried in the model file),
+then written as one JSON line each: ``path``, ``label``, ``probability``, ``topk``. A file that
+cannot be read gets a line with ``error`` and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+import torch
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from kdpipe.data.decode import decode_files
+from kdpipe.model_file import ModelFile, normalise
+
+CHUNK = 1024  # images decoded and held at once
+
+
+def find_images(inputs: list[str]) -> Iterator[tuple[str, str | None]]:
+    """(path, error) for every input file and every image file under input folders, in order."""
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(IMG_EXTENSIONS))
+            if not found:
+                yield str(path), f"no image files ({', '.join(IMG_EXTENSIONS)}) under this folder"
+            for p in found:
+                yield str(p), None
+        elif path.is_file():
+            yield str(path), None
+        else:
+            yield str(path), "no such file or folder"
+
+
+def _chunks(items: Iterator[tuple[str, str | None]], size: int) -> Iterator[list[tuple[str, str | None]]]:
+    chunk: list[tuple[str, str | None]] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def predict_files(
+    model: ModelFile, inputs: list[str], topk: int = 5, batch_size: int = 256, threads: int | None = None,
+    workers: int = 1, out: TextIO | None = None,
+) -> tuple[int, int]:
+    """Write a JSON line per image (to ``out``, default standard output); returns (predicted, failed)."""
+    out = out or sys.stdout
+    channels, height, width = model.image_shape
+    k = max(1, min(topk, len(model.class_names)))
+    done = failed = 0
+    with model.predictor(threads) as run:
+        for chunk in _chunks(find_images(inputs), CHUNK):
+            readable = [p for p, err in chunk if err is None]
+            decoded = {d.path: d for d in decode_files(readable, channels, (height, width), workers, desc="predict")}
+            good = [p for p in readable if decoded[p].array is not None]
+            probs: dict[str, np.ndarray] = {}
+            for start in range(0, len(good), batch_size):
+                names = good[start : start + batch_size]
+                x = normalise(np.stack([decoded[p].array for p in names]), model.mean, model.std)
+                p = torch.softmax(torch.from_numpy(run(x)).double(), dim=1).numpy()
+                probs.update(zip(names, p))
+            for path, err in chunk:
+                err = err or (decoded[path].error if path in decoded else None)
+                if err is not None:
+                    failed += 1
+                    out.write(json.dumps({"path": path, "error": err}) + "\n")
+                    continue
+                row = probs[path]
+                order = np.argsort(-row, kind="stable")[:k]
+                out.write(json.dumps({
+                    "path": path,
+                    "label": model.class_names[order[0]],
+                    "probability": round(float(row[order[0]]), 6),
+                    "topk": [{"label": model.class_names[i], "probability": round(float(row[i]), 6)} for i in order],
+                }) + "\n")
+                done += 1
+            out.flush()
+    return done, failed

@@ -1,0 +1,115 @@
+"""predict: any image file through any model file, one JSON line each, errors per file."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import predict as predict_cli  # src/predict.py (src is on pytest's pythonpath)
+from kdpipe.model_file import normalise, open_model
+from kdpipe.models.checkpoint import ModelInfo, save_checkpoint
+from kdpipe.models.registry import build_model
+from kdpipe.onnx_export import export_onnx
+from kdpipe.predict import predict_files
+
+CLASSES = ["cat", "dog", "owl"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3, 1, 8).eval()
+    info = ModelInfo(role="student", arch="resnet18", num_classes=3, image_shape=(1, 8, 8), class_names=CLASSES,
+                     mean=[0.3], std=[0.2])
+    save_checkpoint(root / "m.pt", model, info)
+    export_onnx(model, info, root / "m.onnx", opset=18)
+    return root
+
+
+@pytest.fixture
+def images(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "imgs"
+    (folder / "nested").mkdir(parents=True)
+    gray = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+    Image.fromarray(gray, "L").save(folder / "gray.png")
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), "RGB").save(folder / "rgb.png")
+    Image.fromarray(rng.integers(0, 256, (17, 30, 3), dtype=np.uint8), "RGB").save(folder / "nested" / "odd.jpg")
+    Image.fromarray(rng.integers(0, 256, (40, 40, 4), dtype=np.uint8), "RGBA").save(folder / "nested" / "alpha.png")
+    Image.fromarray(rng.integers(0, 65535, (9, 9), dtype=np.uint16)).save(folder / "deep16.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 50)
+    (folder / "notes.txt").write_text("not an image, not listed")
+    return folder, gray
+
+
+def _lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+@pytest.mark.parametrize("name", ["m.pt", "m.onnx"])
+def test_every_image_predicted_and_the_broken_one_reported(models, images, name):
+    folder, _ = images
+    out = io.StringIO()
+    done, failed = predict_files(open_model(models / name), [str(folder)], topk=2, out=out)
+    rows = _lines(out.getvalue())
+    assert (done, failed) == (5, 1)
+    by_name = {r["path"].rsplit("/", 1)[1]: r for r in rows}
+    assert set(by_name) == {"gray.png", "rgb.png", "odd.jpg", "alpha.png", "deep16.png", "broken.jpg"}
+    assert "error" in by_name["broken.jpg"] and "label" not in by_name["broken.jpg"]
+    for row in rows:
+        if "error" in row:
+            continue
+        assert row["label"] in CLASSES and 0 < row["probability"] <= 1
+        assert len(row["topk"]) == 2 and row["topk"][0] == {"label": row["label"], "probability": row["probability"]}
+        assert row["topk"][0]["probability"] >= row["topk"][1]["probability"]
+
+
+def test_preprocessing_matches_training_and_formats_agree(models, images):
+    folder, gray = images
+    expected = open_model(models / "m.pt")
+    with torch.inference_mode():
+        logits = expected.model(torch.from_numpy(normalise(gray[None, None], [0.3], [0.2])))
+    probs = torch.softmax(logits.double(), 1)[0].numpy()
+    for name in ("m.pt", "m.onnx"):
+        out = io.StringIO()
+        predict_files(open_model(models / name), [str(folder / "gray.png")], topk=3, out=out)
+        (row,) = _lines(out.getvalue())
+        assert row["label"] == CLASSES[int(probs.argmax())]
+        assert row["probability"] == pytest.approx(float(probs.max()), abs=1e-4)
+        assert len(row["topk"]) == 3
+
+
+def test_cli_exit_status_and_topk_cap(models, images, capsys):
+    folder, _ = images
+    assert predict_cli.main([str(folder / "gray.png"), "--model", str(models / "m.onnx"), "--topk", "10"]) == 0
+    (row,) = _lines(capsys.readouterr().out)
+    assert len(row["topk"]) == 3  # capped at the class count
+    assert predict_cli.main([str(folder), str(folder / "missing.png"), "--model", str(models / "m.pt")]) == 1
+    captured = capsys.readouterr()
+    rows = _lines(captured.out)
+    assert [r["path"].endswith("missing.png") for r in rows if "error" in r] == [False, True]
+    assert "2 of 7 images could not be predicted" in captured.err
+    assert predict_cli.main([str(folder), "--model", str(models / "absent.onnx")]) == 2
+    assert "absent.onnx not found" in capsys.readouterr().err
+
+
+def test_onnx_without_kdpipe_metadata_is_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    onnx.save(helper.make_model(graph), str(tmp_path / "other.onnx"))
+    from kdpipe.errors import MissingInputError
+
+    with pytest.raises(MissingInputError, match="no kdpipe metadata"):
+        open_model(tmp_path / "other.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"junk")
+    with pytest.raises(MissingInputError, match="not a readable ONNX file"):
+        open_model(tmp_path / "junk.onnx")
