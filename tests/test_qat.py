@@ -115,3 +115,23 @@ def test_int8_accuracy_close_to_fp32_on_a_trained_model(tmp_path):
     assert acc[fp32] > 0.9
     assert acc[int8] >= acc[fp32] - 0.02, acc
     assert np.isfinite(list(acc.values())).all()
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50", "mobilenet_v2"])
+def test_every_student_architecture_quantizes(tmp_path, arch):
+    """Static int8 of the plain export and int8 of the QAT model, for every registered student."""
+    model = _trained_like(arch).eval()
+    info = _info(arch)
+    x = torch.randn(8, 1, 8, 8)
+    fp32 = tmp_path / "m.onnx"
+    export_onnx(model, info, fp32, opset=18)
+    quantize_int8(fp32, tmp_path / "m_int8.onnx", x.numpy(), "minmax", per_channel=True)
+    qat = prepare_qat(model).train()
+    qat(x)
+    qat = finalize_qat(qat)
+    export_onnx(qat, info, tmp_path / "qat.onnx", opset=18)
+    check_parity(qat, tmp_path / "qat.onnx", x, atol=1e-4)
+    quantize_int8(tmp_path / "qat.onnx", tmp_path / "qat_int8.onnx", x.numpy(), "minmax", per_channel=True)
+    for name in ("m_int8.onnx", "qat_int8.onnx"):
+        logits = onnx_logits(ort_session(tmp_path / name), x.numpy())
+        assert logits.shape == (8, 4) and np.isfinite(logits).all()

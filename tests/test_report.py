@@ -3,7 +3,7 @@ import pytest
 from kdpipe.report import END, START, results_table, update_readme
 
 ROW = {"arch": "resnet18", "accuracy": 0.97222, "f1_macro": 0.9718, "params": 11172810, "size_mb": 44.7,
-       "latency_ms": 2.5, "latency_threads": 1}
+       "latency_ms": 2.5, "latency_threads": 1, "speedup_vs_student": 1.0, "throughput_b64": 1234.5}
 
 
 def test_table_lists_models_in_chain_order_with_figures():
@@ -12,7 +12,8 @@ def test_table_lists_models_in_chain_order_with_figures():
     lines = table.splitlines()
     assert lines[2].startswith("| teacher | resnet50 | 0.9722 |") and lines[2].endswith("| 91 |")
     assert lines[3].startswith("| student | resnet18 |") and "11,172,810" in lines[3]
-    assert lines[4].startswith("| student, ONNX int8 |") and "11.30" in lines[4]
+    assert lines[4].startswith("| student, ONNX int8 (static) |") and "11.30" in lines[4]
+    assert "images/s (batch 64)" in lines[0] and "| 1.00× | 1,234 |" in lines[3]
     assert "1 CPU thread" in table
 
 

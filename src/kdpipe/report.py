@@ -22,15 +22,26 @@ ROWS = [
     ("assistant", "assistant"),
     ("student", "student"),
     ("student_onnx", "student, ONNX fp32"),
-    ("student_int8", "student, ONNX int8"),
+    ("student_int8", "student, ONNX int8 (static)"),
+    ("student_qat", "student, ONNX int8 (QAT)"),
+    ("student_dynamic_int8", "student, ONNX int8 (dynamic)"),
 ]
+
+
+def _throughput(row: dict) -> tuple[str, float]:
+    """(batch size, images/s) of the ``throughput_b<batch>`` entry of an evaluate row."""
+    for key, value in row.items():
+        if key.startswith("throughput_b"):
+            return key.removeprefix("throughput_b"), value
+    return "?", 0.0
 
 
 def results_table(evaluate: dict, train: dict[str, dict] | None = None) -> str:
     train = train or {}
     lines = [
-        "| model | arch | test accuracy | macro F1 | params | file MB | latency ms (CPU, batch 1) | train s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| model | arch | test accuracy | macro F1 | params | file MB | latency ms (CPU, batch 1) "
+        f"| speed-up vs student | images/s (batch {_throughput(evaluate.get('student', {}))[0]}) | train s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, label in ROWS:
         row = evaluate.get(key)
@@ -39,12 +50,16 @@ def results_table(evaluate: dict, train: dict[str, dict] | None = None) -> str:
         seconds = train.get(key, {}).get("train_seconds")
         lines.append(
             f"| {label} | {row['arch']} | {row['accuracy']:.4f} | {row['f1_macro']:.4f} | {row['params']:,} | "
-            f"{row['size_mb']:.2f} | {row['latency_ms']:.3f} | {'' if seconds is None else f'{seconds:.0f}'} |"
+            f"{row['size_mb']:.2f} | {row['latency_ms']:.3f} | {row.get('speedup_vs_student', 0):.2f}× | "
+            f"{_throughput(row)[1]:,.0f} | {'' if seconds is None else f'{seconds:.0f}'} |"
         )
     threads = evaluate.get("student", {}).get("latency_threads")
     if threads:
         plural = "" if threads == 1 else "s"
-        lines.append(f"\nLatency: median of timed runs after warm-up, {threads} CPU thread{plural}.")
+        lines.append(
+            f"\nLatency: median of timed runs after warm-up; latency and throughput with {threads} CPU thread{plural}; "
+            "speed-up against the fp32 student in PyTorch eager."
+        )
     return "\n".join(lines)
 
 
