@@ -12,6 +12,7 @@ from PIL import Image
 from conftest import run
 from kdpipe.data.prepared import load_prepared
 from kdpipe.onnx_export import onnx_logits, ort_session
+from kdpipe.plots_page import network_scripts
 
 EXPECTED_FILES = [
     "data/prepared/meta.json",
@@ -66,7 +67,13 @@ def test_dvc_repro_then_experiment(workspace):
     ev = json.loads((workspace / "metrics/evaluate.json").read_text())
     deployed = ("student_onnx", "student_int8", "student_dynamic_int8", "student_qat")
     assert set(ev) == {"teacher", "assistant", "student", *deployed}
+    metric_keys = {"accuracy", "top3_accuracy", "auc_macro", "auc_micro", "auc_weighted", "ece", "nll", "brier",
+                   "macs", "params", "size_mb", "latency_ms"}
+    metric_keys |= {f"{m}_{a}" for m in ("precision", "recall", "f1") for a in ("micro", "macro", "weighted")}
     for name, row in ev.items():
+        assert metric_keys <= set(row), (name, metric_keys - set(row))
+        assert (name == "teacher") != ("teacher_agreement" in row and "teacher_kl" in row)
+        assert 0.0 <= row["ece"] <= 1.0 and row["top3_accuracy"] >= row["accuracy"]
         assert 0.0 <= row["accuracy"] <= 1.0
         assert row["params"] > 0 and row["size_mb"] > 0 and row["latency_ms"] > 0 and row["throughput_b64"] > 0
         assert row["speedup_vs_student"] == pytest.approx(ev["student"]["latency_ms"] / row["latency_ms"], rel=1e-2)
@@ -91,6 +98,16 @@ def test_dvc_repro_then_experiment(workspace):
     x = np.zeros((3, 1, 8, 8), dtype=np.float32)
     assert onnx_logits(ort_session(workspace / "models/student_int8.onnx"), x).shape == (3, 10)
 
+    splits = json.loads((workspace / "metrics/evaluate_splits.json").read_text())
+    assert set(splits) == {"train", "val"} and set(splits["val"]) == set(ev)
+    for role in ("teacher", "assistant", "student"):
+        for layer in ("early", "middle"):
+            assert (workspace / f"plots/evaluate/feature_maps/{role}_{layer}.png").stat().st_size > 1000
+    for name in ev:
+        assert (workspace / f"plots/evaluate/confusion/{name}.png").is_file()
+        report = json.loads((workspace / f"plots/evaluate/reports/{name}.json").read_text())
+        assert len(report["confusion_matrix"]) == 10 and "macro avg" in report["classification_report"]
+
     check_predict_agrees_with_evaluate(workspace, ev["student_int8"]["accuracy"])
     bench = run([sys.executable, "benchmarks/deploy.py", "--runs", "2"], workspace, check=False)
     assert bench.returncode in (0, 1), bench.stderr  # 1: a goal missed by this barely trained model
@@ -112,3 +129,6 @@ def test_dvc_repro_then_experiment(workspace):
     assert "distill.temperature" in show or '"temperature": 2' in show
     diff = run(["dvc", "metrics", "diff", "HEAD", "--json"], workspace).stdout
     assert "metrics/train_student.json" in diff
+    run(["dvc", "plots", "diff", "HEAD~1", "-o", "plots_diff"], workspace)
+    page = workspace / "plots_diff" / "index.html"
+    assert page.is_file() and network_scripts(page) == [] and 'id = "Validation_accuracy"' in page.read_text()

@@ -198,6 +198,13 @@ class EvaluateConfig(Section):
     latency_runs: int = Field(50, ge=1)
     throughput_batch: int = Field(64, ge=1, description="batch size of the throughput measurement")
     throughput_runs: int = Field(10, ge=1)
+    splits: list[Literal["train", "val", "test"]] = Field(
+        default_factory=lambda: ["train", "val", "test"], min_length=1,
+        description="splits scored (test always: metrics/evaluate.json)",
+    )
+    topk: int = Field(3, ge=1, description="top-k accuracy (capped at the class count)")
+    ece_bins: int = Field(15, ge=2, description="bins of the expected calibration error and reliability diagram")
+    feature_map_images: int = Field(6, ge=1, description="test images shown in the feature-map PNGs")
 
 
 class Params(Section):

@@ -38,9 +38,10 @@ def _throughput(row: dict) -> tuple[str, float]:
 
 def results_table(evaluate: dict, train: dict[str, dict] | None = None) -> str:
     train = train or {}
+    batch = _throughput(evaluate.get("student", {}))[0]
     lines = [
         "| model | arch | test accuracy | macro F1 | params | file MB | latency ms (CPU, batch 1) "
-        f"| speed-up vs student | images/s (batch {_throughput(evaluate.get('student', {}))[0]}) | train s |",
+        + f"| speed-up vs student | images/s (batch {batch}) | train s |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, label in ROWS:

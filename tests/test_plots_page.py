@@ -1,0 +1,55 @@
+"""`dvc plots show` renders offline: every chart drawn in headless Chromium, no network, no errors."""
+
+import os
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import ROOT
+from kdpipe.plots_page import chromium_path, network_scripts, plots_show, render
+
+needs_browser = pytest.mark.skipif(
+    chromium_path() is None and not os.environ.get("KDPIPE_REQUIRE_BROWSER"),
+    reason="no Chromium here (CI installs Debian's chromium and sets KDPIPE_REQUIRE_BROWSER=1)",
+)
+
+
+def declared_plots() -> tuple[int, list[str]]:
+    """(Vega charts, image folders) of the top-level plots in every dvc.yaml (DVC shows them all)."""
+    charts, folders = 0, []
+    for dvc_file in (ROOT / "dvc.yaml", ROOT / "compare" / "dvc.yaml"):
+        for plot in yaml.safe_load(dvc_file.read_text())["plots"]:
+            if isinstance(plot, dict):  # a data plot with its template
+                charts += 1
+            else:  # a folder of images
+                folders.append(plot)
+    return charts, folders
+
+
+def test_template_is_offline_and_configured():
+    config = (ROOT / ".dvc" / "config").read_text()
+    assert "html_template = plots/offline.html" in config
+    template = (ROOT / ".dvc" / "plots" / "offline.html").read_text()
+    assert "{plot_divs}" in template and "{scripts}" not in template  # DVC adds no CDN tags
+    for package in ("vega@5.33.1", "vega-lite@5.23.0", "vega-embed@6.29.0"):
+        assert f'data-package="{package}"' in template
+    assert network_scripts(ROOT / ".dvc" / "plots" / "offline.html") == []
+
+
+@needs_browser
+def test_committed_plots_render_in_chromium(tmp_path):
+    page = plots_show(ROOT, tmp_path / "plots")
+    assert network_scripts(page) == []
+    charts, folders = declared_plots()
+    images = sum(len(list((ROOT / f).glob("*.png"))) for f in folders)
+    shot = tmp_path / "plots.png"
+    result = render(page, screenshot=shot, min_charts=charts)
+    assert result.errors == []
+    assert result.external_requests == []
+    assert result.charts == charts and result.drawn == charts, result
+    assert result.images == images and result.images_loaded == images, result
+    # the screenshot is a real page: tall, and not blank
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.shape[0] > 2000 and pixels.std() > 10
