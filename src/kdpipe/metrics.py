@@ -33,6 +33,16 @@ def _r(value: float) -> float:
     return round(float(value), 6)
 
 
+def topk_accuracy(labels: np.ndarray, probs: np.ndarray, k: int) -> float:
+    """scikit-learn's top-k accuracy; k >= the class count is 1 by definition (sklearn refuses
+    2-D scores for two classes, and warns for k >= classes)."""
+    if k >= probs.shape[1]:
+        return 1.0
+    if probs.shape[1] == 2:  # k == 1
+        return _r((probs.argmax(1) == labels).mean())
+    return _r(top_k_accuracy_score(labels, probs, k=k, labels=list(range(probs.shape[1]))))
+
+
 def auc_scores(labels: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
     """One-vs-rest ROC-AUC; over the classes present when the split lacks some (None if < 2)."""
     present = np.unique(labels)
@@ -64,7 +74,7 @@ def classification_metrics(
     k = min(topk, num_classes)
     out: dict[str, float | None] = {
         "accuracy": _r((pred == labels).mean()),
-        f"top{k}_accuracy": _r(top_k_accuracy_score(labels, probs, k=k, labels=classes)),
+        f"top{k}_accuracy": topk_accuracy(labels, probs, k),
     }
     for avg in AVERAGES:
         p, r, f, _ = precision_recall_fscore_support(labels, pred, average=avg, labels=classes, zero_division=0)
@@ -125,8 +135,4 @@ def reliability(labels: np.ndarray, logits: np.ndarray, bins: int) -> list[dict[
 
 def topk_curve(labels: np.ndarray, logits: np.ndarray, max_k: int) -> list[dict[str, float]]:
     probs = probabilities(logits)
-    classes = list(range(probs.shape[1]))
-    return [
-        {"k": k, "accuracy": _r(top_k_accuracy_score(labels, probs, k=k, labels=classes))}
-        for k in range(1, min(max_k, probs.shape[1]) + 1)
-    ]
+    return [{"k": k, "accuracy": topk_accuracy(labels, probs, k)} for k in range(1, min(max_k, probs.shape[1]) + 1)]
