@@ -117,7 +117,7 @@ def test_int8_accuracy_close_to_fp32_on_a_trained_model(tmp_path):
     assert np.isfinite(list(acc.values())).all()
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50", "mobilenet_v2"])
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50", "mobilenet_v2", "vgg11_bn"])
 def test_every_student_architecture_quantizes(tmp_path, arch):
     """Static int8 of the plain export and int8 of the QAT model, for every registered student."""
     model = _trained_like(arch).eval()

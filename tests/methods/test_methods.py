@@ -74,6 +74,21 @@ def test_cosine_projects_when_widths_differ():
     assert isinstance(make("cosine", "resnet18", "resnet34").projection, torch.nn.Identity)
 
 
+@pytest.mark.parametrize("name", ["fitnets", "at", "feature_mse", "cosine", "byot", "dml"])
+def test_vgg_with_default_layers(name):
+    """VGG students and teachers work with every feature method's default layers."""
+    method = make(name, student_arch="vgg11_bn", teacher_arch="resnet18")
+    method.train()
+    logits, loss, _ = method(torch.randn(4, *SHAPE), torch.arange(4))
+    loss.backward()
+    assert logits.shape == (4, 10) and torch.isfinite(loss)
+    method.close()
+    method = make(name, student_arch="resnet18", teacher_arch="vgg16_bn")
+    method.train()
+    assert torch.isfinite(method(torch.randn(4, *SHAPE), torch.arange(4))[1])
+    method.close()
+
+
 def test_mobilenet_student_from_resnet_teacher():
     method = make("at", "mobilenet_v2", "resnet34")
     _, loss, _ = method(torch.randn(4, *SHAPE), torch.arange(4))

@@ -6,7 +6,7 @@ from kdpipe.models.checkpoint import ModelInfo, load_checkpoint, save_checkpoint
 from kdpipe.models.registry import MODELS, build_model, count_parameters
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50", "mobilenet_v2"])
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50", "mobilenet_v2", "vgg11_bn", "vgg16_bn"])
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("size", [8, 28, 32])
 def test_output_shape_for_channels_and_sizes(arch, channels, size):
@@ -53,4 +53,19 @@ def test_missing_or_corrupt_checkpoint_is_named(tmp_path):
 
 
 def test_registry_names():
-    assert {"resnet18", "resnet34", "resnet50", "mobilenet_v2"} <= set(MODELS)
+    assert {"resnet18", "resnet34", "resnet50", "mobilenet_v2", "vgg11_bn", "vgg16_bn"} <= set(MODELS)
+
+
+def test_vgg_small_input_keeps_three_pools_and_a_linear_head():
+    from torch import nn
+
+    from kdpipe.methods.features import default_stages
+
+    model = build_model("vgg11_bn", 10, 1, 8)
+    assert sum(isinstance(m, nn.MaxPool2d) for m in model.features) == 3
+    assert [type(m) for m in model.classifier] == [nn.Linear] and model.classifier[0].in_features == 512
+    modules = dict(model.named_modules())
+    stages = default_stages("vgg11_bn")
+    assert stages == ["features.3", "features.7", "features.14", "features.21"]
+    assert all(name in modules for name in stages)
+    assert default_stages("vgg16_bn") == ["features.6", "features.13", "features.23", "features.33"]

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from kdpipe.errors import ConfigError
+from kdpipe.models.registry import vgg_pool_layers
 
 # Four stages from early to late, for each family (small-input and ImageNet stems alike).
 STAGES = {
@@ -23,6 +24,8 @@ STAGES = {
 
 
 def default_stages(arch: str) -> list[str]:
+    if arch.startswith("vgg"):  # the first four max-pools (the outputs of four conv blocks)
+        return vgg_pool_layers(arch)[:4]
     for family, layers in STAGES.items():
         if arch.startswith(family):
             return list(layers)

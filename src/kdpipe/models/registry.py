@@ -1,7 +1,9 @@
 """Architecture registry: torchvision models adapted to the data's channels and image size.
 
 Small inputs (CIFAR-sized and below) lose the ImageNet stem's 4x down-sampling: ResNets get a
-3x3 stride-1 first convolution and no max-pool, MobileNetV2 a stride-1 first convolution.
+3x3 stride-1 first convolution and no max-pool, MobileNetV2 a stride-1 first convolution, and
+VGGs keep only their first three max-pools (8x down-sampling, so 8-px digits still fit) and
+classify the globally pooled 512 features with one Linear layer, as CIFAR VGGs do.
 torchvision's model code is used as it is; only the stem (and, for pretrained models, the
 classifier) is swapped.
 
@@ -72,6 +74,38 @@ def _adapt_mobilenet_v2(model: tvm.MobileNetV2, num_classes: int, in_channels: i
         nn.init.kaiming_normal_(model.features[0][0].weight, mode="fan_out")
 
 
+def _adapt_vgg(model: tvm.VGG, num_classes: int, in_channels: int, small_input: bool, pretrained: bool) -> None:
+    stem = model.features[0]
+    if pretrained:
+        model.classifier[6] = nn.Linear(model.classifier[6].in_features, num_classes)
+        if in_channels != 3:
+            model.features[0] = _gray_from_rgb(stem, in_channels)
+        return
+    if in_channels != 3:
+        model.features[0] = nn.Conv2d(in_channels, stem.out_channels, 3, padding=1)
+        nn.init.kaiming_normal_(model.features[0].weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(model.features[0].bias)
+    if small_input:
+        pools = [i for i, m in enumerate(model.features) if isinstance(m, nn.MaxPool2d)]
+        for i in pools[3:]:
+            model.features[i] = nn.Identity()  # same module names, so feature layers keep theirs
+        model.avgpool = nn.AdaptiveAvgPool2d(1)
+        model.classifier = nn.Sequential(nn.Linear(model.classifier[0].in_features // 49, num_classes))
+
+
+def vgg_pool_layers(arch: str) -> list[str]:
+    """Module names of the max-pools of a torchvision VGG (``features.<i>``), from its config."""
+    config = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}[arch.removesuffix("_bn")]
+    names, index = [], 0
+    for v in tvm.vgg.cfgs[config]:
+        if v == "M":
+            names.append(f"features.{index}")
+            index += 1
+        else:
+            index += 3 if arch.endswith("_bn") else 2  # conv (+ bn) + relu
+    return names
+
+
 for _name, _weights in (
     ("resnet18", tvm.ResNet18_Weights.IMAGENET1K_V1),
     ("resnet34", tvm.ResNet34_Weights.IMAGENET1K_V1),
@@ -79,6 +113,8 @@ for _name, _weights in (
 ):
     MODELS[_name] = Spec(getattr(tvm, _name), _weights, _adapt_resnet)
 MODELS["mobilenet_v2"] = Spec(tvm.mobilenet_v2, tvm.MobileNet_V2_Weights.IMAGENET1K_V2, _adapt_mobilenet_v2)
+for _name, _weights in (("vgg11_bn", tvm.VGG11_BN_Weights.IMAGENET1K_V1), ("vgg16_bn", tvm.VGG16_BN_Weights.IMAGENET1K_V1)):
+    MODELS[_name] = Spec(getattr(tvm, _name), _weights, _adapt_vgg)
 
 
 def hub_file(weights) -> Path:
