@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from kdpipe.figures import pick_images
-from kdpipe.metrics import classification_metrics, per_class_accuracy, reliability, report, teacher_agreement, topk_curve
+from kdpipe.metrics import (
+    classification_metrics,
+    per_class_accuracy,
+    reliability,
+    report,
+    teacher_agreement,
+    topk_curve,
+)
 
 
 def _logits(pred: list[int], n: int = 3, margin: float = 20.0) -> np.ndarray:
