@@ -4,4 +4,4 @@ from kdpipe.stage import run_stage
 from kdpipe.training import train_role
 
 if __name__ == "__main__":
-    run_stage("distill_student", lambda p: train_role(p, "student"))
+    run_stage("distill_student", lambda p: train_role(p, "student"), distributed=True)

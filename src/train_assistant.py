@@ -4,4 +4,4 @@ from kdpipe.stage import run_stage
 from kdpipe.training import train_role
 
 if __name__ == "__main__":
-    run_stage("train_assistant", lambda p: train_role(p, "assistant"))
+    run_stage("train_assistant", lambda p: train_role(p, "assistant"), distributed=True)

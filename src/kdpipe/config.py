@@ -73,6 +73,10 @@ class TrainConfig(Section):
     channels_last: bool = True
     num_threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = all cores")
     deterministic: bool = True
+    nproc_per_node: int = Field(
+        1, ge=1, description="DDP processes on this machine: the training stages re-launch under torchrun"
+    )
+    sync_batchnorm: bool = Field(True, description="DDP on GPUs: BatchNorm statistics over the global batch")
     augment: AugmentConfig = AugmentConfig()
 
 

@@ -8,6 +8,7 @@ read from dvc.yaml, so nothing half-made is left for DVC to mistake for a good r
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import sys
@@ -15,9 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from kdpipe.config import Params, load_params
+from kdpipe.distributed import is_main_process
 from kdpipe.errors import KdpipeError
 
 DVC_FILE = "dvc.yaml"
@@ -70,16 +73,40 @@ def setup_logging() -> None:
     log.propagate = False
 
 
-def run_stage(name: str, body: Callable[[Params], None], dvc_file: str | Path = DVC_FILE) -> None:
+def relaunch_under_torchrun(nproc: int) -> None:
+    """Replace this process by ``torchrun --standalone --nproc_per_node=nproc <this script>``
+    (one machine; for several, start torchrun yourself with --nnodes and a rendezvous)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *sys.argv]
+    log.info("train.nproc_per_node=%d: %s", nproc, " ".join(cmd))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, cmd)
+
+
+def run_stage(
+    name: str, body: Callable[[Params], None], dvc_file: str | Path = DVC_FILE, distributed: bool = False
+) -> None:
+    """Run a stage body; ``distributed`` stages (training) may run as several DDP processes, of
+    which only rank 0 writes outputs and cleans up after a failure."""
     setup_logging()
     outputs = declared_outputs(name, dvc_file)
+    main = is_main_process()
+    if not main:
+        log.setLevel(logging.WARNING)
     try:
         params = load_params()
+        if distributed and params.train.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+            relaunch_under_torchrun(params.train.nproc_per_node)
         body(params)
     except KdpipeError as exc:
-        remove_outputs(outputs)
+        if main:
+            remove_outputs(outputs)
         print(f"kdpipe {name}: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except BaseException:
-        remove_outputs(outputs)
+        if main:
+            remove_outputs(outputs)
         raise
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

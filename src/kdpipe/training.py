@@ -12,6 +12,7 @@ from dvclive import Live
 from kdpipe import paths
 from kdpipe.config import DistillConfig, Params
 from kdpipe.data.prepared import load_meta, load_prepared
+from kdpipe.distributed import is_main_process
 from kdpipe.engine.runtime import setup_runtime
 from kdpipe.engine.trainer import EpochLogger, FitResult, fit, summary
 from kdpipe.errors import MissingInputError
@@ -108,6 +109,9 @@ def train_role(params: Params, role: str) -> None:
     """The training stages: train ``role``, log with dvclive, write its checkpoint and metrics."""
     role_cfg = params.role(role)
     meta = load_meta(paths.PREPARED_DIR)
+    if not is_main_process():  # DDP: the other ranks train; rank 0 logs and writes
+        train_link(params, role)
+        return
     with Live(dir=str(paths.live_dir(role)), dvcyaml=False, save_dvc_exp=False, report=None) as live:
         trained = train_link(params, role, logger=DvcLiveLogger(live))
     result = trained.result

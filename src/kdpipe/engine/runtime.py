@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from kdpipe.config import TrainConfig
+from kdpipe.distributed import distributed_env, init_distributed
 from kdpipe.errors import ConfigError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -28,6 +29,16 @@ def cpu_has_fast_bf16() -> bool:
 class Runtime:
     device: torch.device
     precision: str  # fp32 | bf16 | fp16
+    rank: int = 0  # this process in a torchrun (DDP) job
+    world_size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
 
     @property
     def dtype(self) -> torch.dtype:
@@ -43,7 +54,8 @@ class Runtime:
         return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
     def describe(self) -> str:
-        return f"{self.device.type} {self.precision}, {torch.get_num_threads()} threads"
+        ddp = f", DDP rank {self.rank} of {self.world_size}" if self.distributed else ""
+        return f"{self.device.type} {self.precision}, {torch.get_num_threads()} threads{ddp}"
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -72,8 +84,15 @@ def seed_everything(seed: int) -> None:
 
 def setup_runtime(cfg: TrainConfig, seed: int) -> Runtime:
     device = resolve_device(cfg.device)
+    _, local_rank, world = distributed_env()
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    elif device.type == "cpu" and world > 1:  # processes on one machine share its cores
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         # warn_only on CUDA: a few kernels (e.g. some backward passes) have no deterministic
@@ -82,5 +101,6 @@ def setup_runtime(cfg: TrainConfig, seed: int) -> Runtime:
         torch.backends.cudnn.benchmark = False
     else:
         torch.backends.cudnn.benchmark = True
-    seed_everything(seed)
-    return Runtime(device, resolve_precision(cfg.precision, device))
+    seed_everything(seed)  # the same on every rank: same initial weights, same batch order
+    rank, world = init_distributed(device)
+    return Runtime(device, resolve_precision(cfg.precision, device), rank, world)

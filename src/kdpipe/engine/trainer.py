@@ -68,6 +68,7 @@ def fit(
     train, val = data["train"], data["val"]
     batch_size = min(train_cfg.batch_size, len(train))
     steps = num_batches(len(train), batch_size, drop_last=True)
+    model, shard = distribute(method, runtime, train_cfg, batch_size)
     optimizer = build_optimizer(method.parameters(), role)
     scheduler = build_scheduler(optimizer, role, steps)
     scaler = runtime.grad_scaler()
@@ -92,13 +93,15 @@ def fit(
         bar = tqdm(
             iterate_batches(train, batch_size, shuffle=True, generator=shuffle_gen, drop_last=True),
             total=steps, desc=f"{desc} {epoch}/{role.epochs}", leave=False,
-            disable=None,  # quiet when not on a terminal
+            disable=None if runtime.is_main else True,  # quiet off a terminal and on other ranks
         )
         for images, labels in bar:
-            x = transform(images, train_cfg.augment, aug_gen)
-            y = labels.to(device, non_blocking=True)
+            # every rank augments the whole global batch (same generator) and keeps its shard, so
+            # the images seen are those of a single-process run
+            x = transform(images, train_cfg.augment, aug_gen)[shard]
+            y = labels.to(device, non_blocking=True)[shard]
             with runtime.autocast():
-                logits, loss, terms = method(x, y)
+                logits, loss, terms = model(x, y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -110,6 +113,8 @@ def fit(
             sums["correct"] += (logits.argmax(1) == y).sum()
             for k, v in terms.items():
                 terms_sum[k] = terms_sum.get(k, 0) + v * n
+        if runtime.distributed:  # epoch totals over all ranks: one collective per epoch
+            sums, terms_sum, count = all_reduce_sums(sums, terms_sum, count, device)
         seen += count
         train_loss = float(sums["loss"]) / count  # one sync per epoch, not per step
         if not math.isfinite(train_loss):
@@ -158,6 +163,44 @@ def fit(
         images_per_second=seen / seconds,
         history=history,
         last_state=last_state,
+    )
+
+
+def distribute(
+    method: Method, runtime: Runtime, train_cfg: TrainConfig, batch_size: int
+) -> tuple[torch.nn.Module, slice]:
+    """The module to call in the training step and this rank's slice of each global batch.
+
+    ``train.batch_size`` is the global batch: with N processes each takes batch_size / N images
+    and DDP averages the gradients, so the learning rate needs no rescaling (and is not rescaled).
+    """
+    if not runtime.distributed:
+        return method, slice(None)
+    world, rank = runtime.world_size, runtime.rank
+    if batch_size % world:
+        raise KdpipeError(f"train.batch_size={batch_size} must be divisible by the {world} DDP processes")
+    if runtime.device.type == "cuda" and train_cfg.sync_batchnorm:
+        # (CPU/gloo has no SyncBatchNorm: there each process normalises with its shard's statistics)
+        method.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method.student)
+    device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+    # find_unused_parameters: some methods leave parts idle in some epochs (fitnets' hint stage)
+    ddp = torch.nn.parallel.DistributedDataParallel(method, device_ids=device_ids, find_unused_parameters=True)
+    per_rank = batch_size // world
+    return ddp, slice(rank * per_rank, (rank + 1) * per_rank)
+
+
+def all_reduce_sums(
+    sums: dict[str, torch.Tensor], terms: dict[str, torch.Tensor], count: int, device: torch.device
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
+    keys = list(sums) + [f"term:{k}" for k in terms]
+    values = [sums[k] for k in sums] + [torch.as_tensor(terms[k], device=device) for k in terms]
+    packed = torch.stack([v.float() for v in values] + [torch.tensor(float(count), device=device)])
+    torch.distributed.all_reduce(packed)
+    reduced = dict(zip(keys, packed[:-1]))
+    return (
+        {k: reduced[k] for k in sums},
+        {k: reduced[f"term:{k}"] for k in terms},
+        int(packed[-1].item()),
     )
 
 
