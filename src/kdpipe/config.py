@@ -34,6 +34,7 @@ def one_of(kind: str, value: str, allowed: list[str]) -> str:
 class AugmentConfig(Section):
     crop_padding: int = Field(1, ge=0, description="random-crop padding in pixels (0 = off)")
     hflip: bool = Field(False, description="random horizontal flip (wrong for digits/text)")
+    cutout: int = Field(0, ge=0, description="side of a random square set to the mean per image (0 = off)")
 
 
 class DataConfig(Section):
@@ -77,6 +78,7 @@ class TrainConfig(Section):
         1, ge=1, description="DDP processes on this machine: the training stages re-launch under torchrun"
     )
     sync_batchnorm: bool = Field(True, description="DDP on GPUs: BatchNorm statistics over the global batch")
+    compile: bool = Field(False, description="torch.compile the training step (minutes of compilation first)")
     augment: AugmentConfig = AugmentConfig()
 
 

@@ -43,3 +43,20 @@ def test_batches_cover_everything_once_or_drop_a_ragged_tail():
     kept = [y for _, y in iterate_batches(split, 4, shuffle=True, generator=g, drop_last=True)]
     assert [len(y) for y in kept] == [4, 4] and num_batches(10, 4, True) == 2
     assert len(set(torch.cat(kept).tolist())) == 8
+
+
+def test_cutout_masks_one_square_per_image_with_the_fill():
+    import torch
+
+    from kdpipe.data.batches import random_cutout
+
+    x = torch.ones(64, 3, 16, 16)
+    fill = torch.zeros(1, 3, 1, 1)
+    out = random_cutout(x, 4, fill, torch.Generator().manual_seed(0))
+    masked = (out == 0).all(1)  # (B, H, W): all channels filled together
+    sizes = masked.flatten(1).sum(1)
+    assert sizes.max() == 16 and sizes.min() >= 4  # a full 4x4 square, clipped at the borders
+    assert len({tuple(m.nonzero()[0].tolist()) for m in masked}) > 10  # centres differ per image
+    assert torch.equal(random_cutout(x, 0, fill, torch.Generator()), x)
+    again = random_cutout(x, 4, fill, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)

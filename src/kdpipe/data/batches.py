@@ -33,6 +33,22 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
+def random_cutout(x: torch.Tensor, size: int, fill: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """DeVries & Taylor (2017): a ``size`` square at a random centre (clipped at the borders) of
+    each image set to ``fill`` (the data mean, i.e. zero after normalisation)."""
+    if size <= 0:
+        return x
+    b, _, h, w = x.shape
+    centre = torch.rand(2, b, generator=generator, device=generator.device).to(x.device)
+    cy, cx = (centre[0] * h).long(), (centre[1] * w).long()
+    rows = torch.arange(h, device=x.device)[None, :]
+    cols = torch.arange(w, device=x.device)[None, :]
+    inside_r = (rows >= (cy - size // 2)[:, None]) & (rows < (cy - size // 2 + size)[:, None])
+    inside_c = (cols >= (cx - size // 2)[:, None]) & (cols < (cx - size // 2 + size)[:, None])
+    mask = (inside_r[:, :, None] & inside_c[:, None, :])[:, None]
+    return torch.where(mask, fill, x)
+
+
 class BatchTransform:
     """uint8 batch -> normalised float batch on ``device`` (augmented when training)."""
 
@@ -51,6 +67,7 @@ class BatchTransform:
             x = random_crop(x, augment.crop_padding, generator)
             if augment.hflip:
                 x = random_hflip(x, generator)
+            x = random_cutout(x, augment.cutout, self.mean, generator)
         x = (x - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -69,6 +69,8 @@ def fit(
     batch_size = min(train_cfg.batch_size, len(train))
     steps = num_batches(len(train), batch_size, drop_last=True)
     model, shard = distribute(method, runtime, train_cfg, batch_size)
+    if train_cfg.compile:  # parameters stay shared: checkpoints and evaluation use the plain module
+        model = torch.compile(model)
     optimizer = build_optimizer(method.parameters(), role)
     scheduler = build_scheduler(optimizer, role, steps)
     scaler = runtime.grad_scaler()

@@ -1,4 +1,4 @@
-"""DDP: several processes (gloo on CPUs) train like one process with the same global batch."""
+"""DDP (several processes with the global batch sharded) and torch.compile train like one eager process."""
 
 import json
 import os
@@ -82,3 +82,19 @@ def test_torchrun_stage_with_two_processes(tmp_path):
     # normalises its 64-image shard: there is no SyncBatchNorm on CPUs), so only close.
     assert abs(ddp["best_val_accuracy"] - single["best_val_accuracy"]) <= 0.1, (single, ddp)
     assert ddp["best_val_accuracy"] > 0.3  # well above the 10% of chance after 3 short epochs
+
+
+def test_compiled_training_step_matches_eager():
+    """train.compile: torch.compile'd steps train the same parameters as eager ones."""
+    data = _data()
+    losses = {}
+    for compiled in (False, True):
+        train_cfg = TrainConfig(batch_size=32, precision="fp32", channels_last=False, compile=compiled)
+        role = RoleConfig(arch="resnet18", epochs=1, optimizer="adamw", lr=0.01, weight_decay=0.0)
+        torch.manual_seed(0)
+        method = build_method("none", _net(), None, None)
+        result = fit(method, role, train_cfg, data, setup_runtime(train_cfg, seed=3), seed=3)
+        losses[compiled] = (result.history[0]["train/loss"], method.student.state_dict())
+    assert losses[True][0] == pytest.approx(losses[False][0], rel=1e-4)
+    for key, value in losses[False][1].items():
+        torch.testing.assert_close(losses[True][1][key], value, rtol=1e-3, atol=1e-4)
