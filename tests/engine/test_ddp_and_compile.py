@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from conftest import make_workspace, run, write_params
-from kdpipe.config import RoleConfig, TrainConfig
+from kdpipe.config import DistillConfig, RoleConfig, TrainConfig
 from kdpipe.data.prepared import PreparedData, PreparedMeta, Split
 from kdpipe.engine.runtime import setup_runtime
 from kdpipe.engine.trainer import fit
@@ -84,15 +84,17 @@ def test_torchrun_stage_with_two_processes(tmp_path):
     assert ddp["best_val_accuracy"] > 0.3  # well above the 10% of chance after 3 short epochs
 
 
-def test_compiled_training_step_matches_eager():
-    """train.compile: torch.compile'd steps train the same parameters as eager ones."""
+@pytest.mark.parametrize("name", ["none", "kd"])
+def test_compiled_training_step_matches_eager(name):
+    """train.compile: compiled steps (and a frozen compiled teacher) train the same parameters."""
     data = _data()
     losses = {}
     for compiled in (False, True):
         train_cfg = TrainConfig(batch_size=32, precision="fp32", channels_last=False, compile=compiled)
         role = RoleConfig(arch="resnet18", epochs=1, optimizer="adamw", lr=0.01, weight_decay=0.0)
         torch.manual_seed(0)
-        method = build_method("none", _net(), None, None)
+        teacher = _net().eval() if name == "kd" else None
+        method = build_method(name, _net(), teacher, DistillConfig(method=name))
         result = fit(method, role, train_cfg, data, setup_runtime(train_cfg, seed=3), seed=3)
         losses[compiled] = (result.history[0]["train/loss"], method.student.state_dict())
     assert losses[True][0] == pytest.approx(losses[False][0], rel=1e-4)

@@ -3,6 +3,7 @@ best-on-validation selection (never test), and per-epoch logging."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 from kdpipe.config import RoleConfig, TrainConfig
 from kdpipe.data.batches import BatchTransform, iterate_batches, num_batches
 from kdpipe.data.prepared import PreparedData
+from kdpipe.engine.compile import compiled
 from kdpipe.engine.inference import predict_logits
 from kdpipe.engine.optim import build_optimizer, build_scheduler
 from kdpipe.engine.runtime import Runtime
@@ -69,8 +71,6 @@ def fit(
     batch_size = min(train_cfg.batch_size, len(train))
     steps = num_batches(len(train), batch_size, drop_last=True)
     model, shard = distribute(method, runtime, train_cfg, batch_size)
-    if train_cfg.compile:  # parameters stay shared: checkpoints and evaluation use the plain module
-        model = torch.compile(model)
     optimizer = build_optimizer(method.parameters(), role)
     scheduler = build_scheduler(optimizer, role, steps)
     scaler = runtime.grad_scaler()
@@ -84,6 +84,8 @@ def fit(
     history: list[dict[str, float]] = []
     start = time.perf_counter()
     seen = 0
+    compilation = contextlib.ExitStack()
+    compilation.enter_context(compiled(method, train_cfg.compile))
     for epoch in range(1, role.epochs + 1):
         epoch_start = time.perf_counter()
         method.set_progress(epoch, role.epochs)
@@ -150,6 +152,7 @@ def fit(
             best = (val_acc, val_loss)
             best_epoch = epoch
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in method.student.state_dict().items()})
+    compilation.close()  # (on an exception the compiled forward dies with the method)
     seconds = time.perf_counter() - start
     assert best_state is not None
     last_state = {k: v.detach().cpu().clone() for k, v in method.student.state_dict().items()}

@@ -1,0 +1,203 @@
+"""Training and distillation throughput: this project's engine against a plain reference loop.
+
+    python benchmarks/train_speed.py --data ../shared/datasets/cifar10-jpg.tar.gz   # or an unpacked tree
+
+Both sides train the same registry models on the same real JPEGs (an ImageFolder tree with
+train/<class>/ images) at the same batch size, side by side in one run, each in its own process
+(so each peak memory is its own):
+
+- reference, as the seed projects write it: torchvision ImageFolder, per-sample transforms
+  (random crop with padding, flip, ToTensor, Normalize) in DataLoader workers, fp32, SGD, the
+  teacher run live in fp32 in every distillation step;
+- engine: kdpipe's trainer (``fit``) on decoded uint8 tensors, augmentation on whole batches,
+  channels_last, ``train.precision: auto`` (bf16 on CPUs with AMX / AVX-512 bf16 and on GPUs),
+  the teacher under no_grad and autocast; and the same with ``train.compile: true`` (compiled
+  student step, teacher compiled for inference with frozen weights; compilation not timed).
+
+Images per second are timed after a warm-up (the engine: its second epoch over the same images;
+the reference: the steps after ``--warmup``). Printed: images/s for teacher training
+(cross-entropy) and for distillation (KD), the ratios, and each process's peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+SIDES = ("reference", "engine", "engine+compile")  # engine+compile: train.compile (teacher frozen)
+MEAN, STD = [0.4914, 0.4822, 0.4465], [0.247, 0.243, 0.261]  # CIFAR-10's, for both sides
+
+
+def find_tree(data: Path, workdir: Path) -> Path:
+    if data.is_file() and data.name.endswith((".tar.gz", ".tgz", ".tar")):
+        with tarfile.open(data) as tar:
+            tar.extractall(workdir, filter="data")
+        data = workdir
+    for candidate in [data, *sorted(p for p in data.rglob("train") if p.is_dir())]:
+        root = candidate if (candidate / "train").is_dir() else candidate.parent
+        if (root / "train").is_dir():
+            return root / "train"
+    raise SystemExit(f"{data}: no train/<class>/ image folder found")
+
+
+def peak_memory_mb() -> float:
+    import torch
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    if torch.cuda.is_available():
+        return max(rss, torch.cuda.max_memory_allocated() / 2**20)
+    return rss
+
+
+def reference(args) -> dict:
+    """The seeds' loop: PIL decoding and per-sample transforms in workers, fp32 everywhere."""
+    import torch
+    import torchvision.transforms as T
+    from torch.utils.data import DataLoader
+    from torchvision.datasets import ImageFolder
+
+    from kdpipe.methods.kd import kd_loss
+    from kdpipe.models.registry import build_model
+
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
+    dataset = ImageFolder(args.tree, tf)
+    loader = DataLoader(dataset, batch_size=args.batch, shuffle=True, num_workers=args.workers, drop_last=True,
+                        persistent_workers=args.workers > 0, pin_memory=device.type == "cuda")
+    n = len(dataset.classes)
+    if args.mode == "distill":
+        student = build_model(args.student, n, 3, 32).to(device)
+        teacher = build_model(args.teacher, n, 3, 32).to(device).eval()
+    else:
+        student, teacher = build_model(args.teacher, n, 3, 32).to(device), None
+    opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    student.train()
+    start, done = None, 0
+    for step, (x, y) in enumerate(loader):
+        if step == args.warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if teacher is not None:
+            with torch.no_grad():
+                t = teacher(x)
+            loss = kd_loss(student(x), t, y, 4.0, 0.9)[0]
+        else:
+            loss = torch.nn.functional.cross_entropy(student(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step >= args.warmup:
+            done += len(y)
+        if step + 1 == args.warmup + args.steps:
+            break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return {"images_per_second": done / (time.perf_counter() - start), "precision": "fp32"}
+
+
+def engine(args) -> dict:
+    """kdpipe's fit(): two epochs over the same images, the second one timed."""
+    import numpy as np
+    import torch
+    from torchvision.datasets.folder import find_classes, make_dataset
+
+    from kdpipe.config import AugmentConfig, DistillConfig, RoleConfig, TrainConfig
+    from kdpipe.data.decode import decode_files
+    from kdpipe.data.prepared import PreparedData, PreparedMeta, Split
+    from kdpipe.engine.runtime import setup_runtime
+    from kdpipe.engine.trainer import fit
+    from kdpipe.methods import build_method
+    from kdpipe.models.registry import build_model
+
+    classes, index = find_classes(args.tree)
+    samples = make_dataset(args.tree, index, extensions=(".jpg", ".jpeg", ".png"))
+    picked = np.random.default_rng(0).permutation(len(samples))[: args.batch * args.steps + 256]
+    decoded = decode_files([samples[i][0] for i in picked], 3, None)
+    images = torch.from_numpy(np.stack([d.array for d in decoded]))
+    labels = torch.tensor([samples[i][1] for i in picked])
+    n_train = args.batch * args.steps
+    meta = PreparedMeta("bench", classes, 3, 32, 32, MEAN, STD, {"train": n_train, "val": 256})
+    data = PreparedData(meta, {"train": Split(images[:n_train], labels[:n_train]),
+                               "val": Split(images[n_train:], labels[n_train:])})
+    train_cfg = TrainConfig(batch_size=args.batch, device=args.device, precision="auto", channels_last=True,
+                            augment=AugmentConfig(crop_padding=4, hflip=True), compile=args.side == "engine+compile")
+    runtime = setup_runtime(train_cfg, seed=0)
+    n = len(classes)
+    arch = args.student if args.mode == "distill" else args.teacher
+    role = RoleConfig(arch=arch, epochs=2, optimizer="sgd", lr=0.05, weight_decay=5e-4, scheduler="none")
+    student = build_model(arch, n, 3, 32)
+    if args.mode == "distill":
+        teacher = build_model(args.teacher, n, 3, 32).eval()
+        method = build_method("kd", student, teacher, DistillConfig(method="kd", temperature=4.0, alpha=0.9))
+    else:
+        method = build_method("none", student, None, None)
+    result = fit(method, role, train_cfg, data, runtime, seed=0, desc="engine")
+    return {"images_per_second": n_train / result.history[1]["epoch_seconds"], "precision": runtime.precision}
+
+
+def child(args) -> None:
+    result = (reference if args.side == "reference" else engine)(args)
+    print(json.dumps({**result, "peak_memory_mb": peak_memory_mb()}))
+
+
+def measure(args, side: str, mode: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", side, "--mode", mode, "--tree", str(args.tree)]
+    for key in ("batch", "steps", "warmup", "workers", "teacher", "student", "device"):
+        cmd += [f"--{key}", str(getattr(args, key))]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/datasets/cifar10-jpg.tar.gz"))
+    parser.add_argument("--teacher", default="resnet50")
+    parser.add_argument("--student", default="resnet18")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps (the engine: steps per epoch)")
+    parser.add_argument("--warmup", type=int, default=2, help="reference steps before timing")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="reference DataLoader workers")
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--modes", default="teacher,distill")
+    parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
+    parser.add_argument("--tree", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        args.side = args.child
+        return child(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        args.tree = find_tree(args.data, Path(tmp))
+        print(f"data {args.tree}  device {args.device}  batch {args.batch}  timed steps {args.steps}  "
+              f"threads {os.cpu_count()}  teacher {args.teacher}  student {args.student}")
+        print(f"{'run':40} {'images/s':>10} {'peak MB':>9} {'precision':>9} {'vs ref':>9}")
+        for mode in args.modes.split(","):
+            label = f"{args.teacher} training" if mode == "teacher" else f"{args.teacher}->{args.student} KD"
+            rows = {side: measure(args, side, mode) for side in SIDES}
+            for side, row in rows.items():
+                ratio = row["images_per_second"] / rows["reference"]["images_per_second"]
+                print(f"{label + ' ' + side:40} {row['images_per_second']:10.1f} {row['peak_memory_mb']:9.0f} "
+                      f"{row['precision']:>9} {ratio:9.2f}x")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    main()
