@@ -116,6 +116,9 @@ class DistillConfig(Section):
     method: str = "kd"
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.9, ge=0, le=1)
+    cache_views: int = Field(
+        0, ge=0, description="0: teacher run live; K: K fixed augmented views per image, teacher logits computed once"
+    )
 
     @field_validator("method")
     @classmethod
@@ -123,6 +126,18 @@ class DistillConfig(Section):
         from kdpipe.methods import METHODS
 
         return one_of("distillation method", v, sorted(METHODS))
+
+    @model_validator(mode="after")
+    def _cache_needs_logits_only(self) -> DistillConfig:
+        from kdpipe.methods import METHODS
+
+        if self.cache_views and not METHODS[self.method].logits_only:
+            usable = sorted(n for n, m in METHODS.items() if m.logits_only)
+            raise ValueError(
+                f"cache_views: method '{self.method}' reads the teacher's features, which a logit cache cannot "
+                f"hold; use cache_views: 0 or a logits-only method ({', '.join(usable)})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _method_sections(self) -> DistillConfig:

@@ -100,3 +100,27 @@ def test_compiled_training_step_matches_eager(name):
     assert losses[True][0] == pytest.approx(losses[False][0], rel=1e-4)
     for key, value in losses[False][1].items():
         torch.testing.assert_close(losses[True][1][key], value, rtol=1e-3, atol=1e-4)
+
+
+def test_cached_teacher_runs_the_teacher_once_per_view():
+    """distill.cache_views: the teacher's logits on K fixed views are computed before training,
+    then every step reads them (the teacher is never called in the loop)."""
+    data = _data()
+    teacher = _net().eval()
+    calls = []
+    teacher.register_forward_hook(lambda _m, inputs, _out: calls.append(len(inputs[0])))
+    train_cfg = TrainConfig(batch_size=32, eval_batch_size=64, precision="fp32", channels_last=False)
+    role = RoleConfig(arch="resnet18", epochs=3, optimizer="adamw", lr=0.01, weight_decay=0.0)
+    method = build_method("kd", _net(), teacher, DistillConfig(method="kd", cache_views=2))
+    result = fit(method, role, train_cfg, data, setup_runtime(train_cfg, seed=0), seed=0)
+    assert sum(calls) == 2 * 256 and len(calls) == 2 * 4  # 2 views x 256 images in batches of 64
+    assert all(torch.isfinite(torch.tensor(h["train/loss"])) for h in result.history)
+    assert "cached_teacher_logits" not in method.__dict__
+
+
+def test_cache_refused_for_feature_methods():
+    from kdpipe.config import StudentDistillConfig
+
+    with pytest.raises(ValueError, match="cache_views: method 'at' reads the teacher's features"):
+        StudentDistillConfig(method="at", cache_views=2)
+    assert StudentDistillConfig(method="dkd", cache_views=2).cache_views == 2

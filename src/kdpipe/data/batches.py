@@ -49,6 +49,18 @@ def random_cutout(x: torch.Tensor, size: int, fill: torch.Tensor, generator: tor
     return torch.where(mask, fill, x)
 
 
+def augment_uint8(
+    images: torch.Tensor, augment: AugmentConfig, generator: torch.Generator, mean: torch.Tensor
+) -> torch.Tensor:
+    """The training augmentation on uint8 images, kept uint8 (for views stored ahead of time)."""
+    x = images.to(generator.device)
+    x = random_crop(x, augment.crop_padding, generator)
+    if augment.hflip:
+        x = random_hflip(x, generator)
+    fill = (mean.to(x.device) * 255).round().to(torch.uint8)
+    return random_cutout(x, augment.cutout, fill, generator)
+
+
 class BatchTransform:
     """uint8 batch -> normalised float batch on ``device`` (augmented when training)."""
 
@@ -74,6 +86,16 @@ class BatchTransform:
         return x
 
 
+def batch_indices(
+    n: int, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None, drop_last: bool = False
+) -> Iterator[torch.Tensor]:
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    # Dropping a ragged last batch keeps BatchNorm away from tiny batches while training.
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    for start in range(0, stop, batch_size):
+        yield order[start : start + batch_size]
+
+
 def iterate_batches(
     split: Split,
     batch_size: int,
@@ -81,12 +103,7 @@ def iterate_batches(
     generator: torch.Generator | None = None,
     drop_last: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    n = len(split)
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    # Dropping a ragged last batch keeps BatchNorm away from tiny batches while training.
-    stop = n - n % batch_size if drop_last and n >= batch_size else n
-    for start in range(0, stop, batch_size):
-        idx = order[start : start + batch_size]
+    for idx in batch_indices(len(split), batch_size, shuffle, generator, drop_last):
         yield split.images[idx], split.labels[idx]
 
 

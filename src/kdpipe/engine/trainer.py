@@ -15,12 +15,13 @@ import torch
 from tqdm.auto import tqdm
 
 from kdpipe.config import RoleConfig, TrainConfig
-from kdpipe.data.batches import BatchTransform, iterate_batches, num_batches
+from kdpipe.data.batches import BatchTransform, batch_indices, num_batches
 from kdpipe.data.prepared import PreparedData
 from kdpipe.engine.compile import compiled
 from kdpipe.engine.inference import predict_logits
 from kdpipe.engine.optim import build_optimizer, build_scheduler
 from kdpipe.engine.runtime import Runtime
+from kdpipe.engine.teacher_cache import build_teacher_cache
 from kdpipe.errors import KdpipeError
 from kdpipe.methods.base import Method
 
@@ -42,6 +43,7 @@ class FitResult:
     images_per_second: float
     history: list[dict[str, float]] = field(default_factory=list)
     last_state: dict[str, torch.Tensor] | None = None  # weights after the last epoch (CPU)
+    teacher_cache_seconds: float = 0.0  # building the cached teacher outputs, before train_seconds
 
 
 class NonFiniteLossError(KdpipeError):
@@ -82,6 +84,11 @@ def fit(
     best = (-1.0, math.inf)  # (val accuracy, -val loss) ordering: accuracy first, then lower loss
     best_epoch = 0
     history: list[dict[str, float]] = []
+    views = getattr(method.cfg, "cache_views", 0) if method.teacher is not None and method.logits_only else 0
+    cache = None
+    if views:
+        cache = build_teacher_cache(method.teacher, train, transform, train_cfg.augment, views, aug_gen,
+                                    runtime.autocast, train_cfg.eval_batch_size)
     start = time.perf_counter()
     seen = 0
     compilation = contextlib.ExitStack()
@@ -95,15 +102,20 @@ def fit(
         count = 0
         lr = optimizer.param_groups[0]["lr"]
         bar = tqdm(
-            iterate_batches(train, batch_size, shuffle=True, generator=shuffle_gen, drop_last=True),
+            batch_indices(len(train), batch_size, shuffle=True, generator=shuffle_gen, drop_last=True),
             total=steps, desc=f"{desc} {epoch}/{role.epochs}", leave=False,
             disable=None if runtime.is_main else True,  # quiet off a terminal and on other ranks
         )
-        for images, labels in bar:
-            # every rank augments the whole global batch (same generator) and keeps its shard, so
-            # the images seen are those of a single-process run
-            x = transform(images, train_cfg.augment, aug_gen)[shard]
-            y = labels.to(device, non_blocking=True)[shard]
+        for idx in bar:
+            y = train.labels[idx].to(device, non_blocking=True)[shard]
+            if cache is None:
+                # every rank augments the whole global batch (same generator) and keeps its
+                # shard, so the images seen are those of a single-process run
+                x = transform(train.images[idx], train_cfg.augment, aug_gen)[shard]
+            else:
+                k = cache.view(epoch)
+                x = transform(cache.views[k][idx[shard]])
+                method.__dict__["cached_teacher_logits"] = cache.logits[k][idx[shard]].to(device, non_blocking=True)
             with runtime.autocast():
                 logits, loss, terms = model(x, y)
             optimizer.zero_grad(set_to_none=True)
@@ -159,6 +171,7 @@ def fit(
     method.student.load_state_dict(best_state)
     method.student.to("cpu").to(memory_format=torch.contiguous_format).eval()
     return FitResult(
+        teacher_cache_seconds=cache.seconds if cache is not None else 0.0,
         best_epoch=best_epoch,
         best_val_accuracy=best[0],
         best_val_loss=best[1],

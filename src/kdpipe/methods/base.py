@@ -45,6 +45,8 @@ def register_method(name: str):
 class Method(nn.Module):
     name: ClassVar[str] = ""
     needs_teacher: ClassVar[bool] = True
+    # Only the teacher's logits are used: they can come from a cache (``<link>.cache_views``).
+    logits_only: ClassVar[bool] = False
     # Schema of the method's own settings under ``distill.<name>`` (None: it has none).
     Params: ClassVar[type[BaseModel] | None] = None
 
@@ -95,6 +97,9 @@ class Method(nn.Module):
         """Release hooks on the networks once training is over."""
 
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        cached = self.__dict__.pop("cached_teacher_logits", None)  # set by the trainer per step
+        if cached is not None:
+            return cached
         with torch.no_grad():
             return self.teacher(x)
 

@@ -33,6 +33,8 @@ def dkd_loss(student, teacher, labels, alpha: float, beta: float, temperature: f
 
 @register_method("dkd")
 class DecoupledKD(Method):
+    logits_only = True
+
     Params = DKDParams
 
     def forward(self, x, y):

@@ -39,6 +39,8 @@ def kd_loss(
 
 @register_method("kd")
 class HintonKD(Method):
+    logits_only = True
+
     def forward(self, x, y):
         teacher = self.teacher_logits(x)
         logits = self.student(x)
