@@ -9,11 +9,13 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
 import torch
 
+from kdpipe.data.batches import BatchTransform
 from kdpipe.errors import MissingInputError
 from kdpipe.models.checkpoint import load_checkpoint
 from kdpipe.models.registry import count_parameters
@@ -111,8 +113,7 @@ def open_model(path: str | Path, stage_hint: str | None = None) -> ModelFile:
 
 
 def normalise(images: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
-    """uint8 (N, C, H, W) -> float32 normalised exactly as in training (BatchTransform)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
-    x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
-    return x.numpy()
+    """uint8 (N, C, H, W) -> float32 normalised by training's own BatchTransform (no augmentation)."""
+    transform = BatchTransform(SimpleNamespace(mean=mean, std=std), torch.device("cpu"), channels_last=False)
+    return transform(torch.from_numpy(np.ascontiguousarray(images))).numpy()
 

@@ -8,8 +8,10 @@ measured is what ships. (PyTorch's eager quantization is deprecated; PT2E target
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -73,22 +75,39 @@ def calibration_images(images: torch.Tensor, labels: torch.Tensor, count: int, s
     return images[torch.as_tensor(np.sort(picked))]
 
 
-def quantize_int8(
-    fp32_path: str | Path, int8_path: str | Path, calibration: np.ndarray, method: str, per_channel: bool
-) -> None:
+@contextlib.contextmanager
+def preprocessed(fp32_path: str | Path) -> Iterator[Path]:
+    """Shape inference and graph optimisation (BN folding) first, as ONNX Runtime recommends:
+    done once per fp32 file, whatever is quantized from it."""
     with tempfile.TemporaryDirectory() as tmpdir:
         pre = Path(tmpdir) / "preprocessed.onnx"
-        # Shape inference and graph optimisation (BN folding) first, as ONNX Runtime recommends.
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
+        yield pre
+
+
+@contextlib.contextmanager
+def _int8_output(fp32_path: str | Path, int8_path: str | Path, pre: Path | None) -> Iterator[tuple[Path, Path]]:
+    """(preprocessed input, temporary output); the output gets the fp32 file's metadata and
+    replaces ``int8_path`` atomically."""
+    with contextlib.ExitStack() as stack:
+        source = pre if pre is not None else stack.enter_context(preprocessed(fp32_path))
         with atomic_path(int8_path) as tmp:
-            quantize_static(
-                str(pre), str(tmp), ArrayCalibrationReader("input", calibration.astype(np.float32)),
-                quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                calibrate_method=CALIBRATION_METHODS[method],
-                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-            )
+            yield source, tmp
             copy_metadata(fp32_path, tmp)
+
+
+def quantize_int8(
+    fp32_path: str | Path, int8_path: str | Path, calibration: np.ndarray, method: str, per_channel: bool,
+    pre: Path | None = None,
+) -> None:
+    with _int8_output(fp32_path, int8_path, pre) as (source, tmp):
+        quantize_static(
+            str(source), str(tmp), ArrayCalibrationReader("input", calibration.astype(np.float32)),
+            quant_format=QuantFormat.QDQ, per_channel=per_channel,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=CALIBRATION_METHODS[method],
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
 
 
 def copy_metadata(src: str | Path, dst: str | Path) -> None:
@@ -100,15 +119,13 @@ def copy_metadata(src: str | Path, dst: str | Path) -> None:
     onnx.save_model(target, str(dst))
 
 
-def quantize_dynamic_int8(fp32_path: str | Path, int8_path: str | Path, op_types: list[str]) -> None:
-    with tempfile.TemporaryDirectory() as tmpdir:
-        pre = Path(tmpdir) / "preprocessed.onnx"
-        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
-        with atomic_path(int8_path) as tmp:
-            # ConvInteger has CPU kernels for uint8 weights only.
-            weight_type = QuantType.QUInt8 if "Conv" in op_types else QuantType.QInt8
-            quantize_dynamic(str(pre), str(tmp), op_types_to_quantize=list(op_types), weight_type=weight_type)
-            copy_metadata(fp32_path, tmp)
+def quantize_dynamic_int8(
+    fp32_path: str | Path, int8_path: str | Path, op_types: list[str], pre: Path | None = None
+) -> None:
+    with _int8_output(fp32_path, int8_path, pre) as (source, tmp):
+        # ConvInteger has CPU kernels for uint8 weights only.
+        weight_type = QuantType.QUInt8 if "Conv" in op_types else QuantType.QInt8
+        quantize_dynamic(str(source), str(tmp), op_types_to_quantize=list(op_types), weight_type=weight_type)
 
 
 def onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
@@ -130,8 +147,9 @@ def quantize_student(params: Params) -> None:
 
     train = data["train"]
     calib = transform(calibration_images(train.images, train.labels, cfg.calibration_samples, params.seed)).numpy()
-    quantize_int8(paths.STUDENT_ONNX, paths.STUDENT_INT8_ONNX, calib, cfg.calibration_method, cfg.per_channel)
-    quantize_dynamic_int8(paths.STUDENT_ONNX, paths.STUDENT_DYNAMIC_INT8_ONNX, cfg.dynamic_op_types)
+    with preprocessed(paths.STUDENT_ONNX) as pre:
+        quantize_int8(paths.STUDENT_ONNX, paths.STUDENT_INT8_ONNX, calib, cfg.calibration_method, cfg.per_channel, pre)
+        quantize_dynamic_int8(paths.STUDENT_ONNX, paths.STUDENT_DYNAMIC_INT8_ONNX, cfg.dynamic_op_types, pre)
 
     qat_model, qat_result = qat_distill(params, model, data)
     with tempfile.TemporaryDirectory() as tmpdir:
