@@ -79,3 +79,26 @@ def write_params(ws: Path, **overrides) -> None:
 @pytest.fixture
 def workspace(tmp_path: Path):
     return make_workspace(tmp_path / "ws")
+
+
+def commit_all(ws: Path, message: str) -> None:
+    run(["git", "add", "-A"], ws)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", message], ws)
+
+
+@pytest.fixture(scope="session")
+def reproduced_template(tmp_path_factory) -> Path:
+    """One tiny `dvc repro` shared by the session's tests, committed (dvc.lock, metrics) with its
+    DVC cache. Tests never touch it: they work on a copy from the `reproduced` fixture."""
+    ws = make_workspace(tmp_path_factory.mktemp("reproduced") / "ws")
+    run(["dvc", "repro"], ws)
+    commit_all(ws, "tiny default run")
+    return ws
+
+
+@pytest.fixture
+def reproduced(reproduced_template: Path, tmp_path: Path) -> Path:
+    """A private copy (git history, DVC cache, outputs) of the session's tiny reproduced run."""
+    ws = tmp_path / "ws"
+    shutil.copytree(reproduced_template, ws, symlinks=True)
+    return ws

@@ -14,6 +14,11 @@ def checkpoint_path(role: str) -> Path:
     return MODELS_DIR / f"{role}.pt"
 
 
+def resume_dir(role: str) -> Path:
+    """Per-epoch training state (a persisted DVC output): a killed stage resumes from it."""
+    return MODELS_DIR / "checkpoints" / role
+
+
 def train_metrics_path(role: str) -> Path:
     return METRICS_DIR / f"train_{role}.json"
 

@@ -13,10 +13,11 @@ from kdpipe import paths
 from kdpipe.config import DistillConfig, Params
 from kdpipe.data.prepared import load_meta, load_prepared
 from kdpipe.distributed import is_main_process
+from kdpipe.engine.resume import EpochCheckpoints, code_digest, fingerprint
 from kdpipe.engine.runtime import setup_runtime
 from kdpipe.engine.trainer import EpochLogger, FitResult, fit, summary
 from kdpipe.errors import MissingInputError
-from kdpipe.io import write_json
+from kdpipe.io import sha256_file, write_json
 from kdpipe.methods import METHODS, MethodContext, build_method
 from kdpipe.models.checkpoint import ModelInfo, load_checkpoint, save_checkpoint
 from kdpipe.models.registry import build_model, count_parameters
@@ -63,8 +64,10 @@ def train_link(
     link: DistillConfig | None = None,
     seed: int | None = None,
     logger: EpochLogger | None = None,
+    checkpoints: EpochCheckpoints | None = None,
 ) -> TrainedLink:
-    """Train ``role`` on the prepared data with its link's method (or ``link`` instead)."""
+    """Train ``role`` on the prepared data with its link's method (or ``link`` instead),
+    resuming from ``checkpoints`` when they hold this run's state."""
     role_cfg = params.role(role)
     seed = (params.seed if seed is None else seed) + ROLE_SEED_OFFSET[role]
     runtime = setup_runtime(params.train, seed)
@@ -95,7 +98,7 @@ def train_link(
         method_name, f" from {teacher_role}" if teacher is not None else "", runtime.describe(),
     )
     try:
-        result = fit(method, role_cfg, params.train, data, runtime, seed, logger, desc=role)
+        result = fit(method, role_cfg, params.train, data, runtime, seed, logger, desc=role, checkpoints=checkpoints)
     finally:
         method.close()
     return TrainedLink(
@@ -109,11 +112,12 @@ def train_role(params: Params, role: str) -> None:
     """The training stages: train ``role``, log with dvclive, write its checkpoint and metrics."""
     role_cfg = params.role(role)
     meta = load_meta(paths.PREPARED_DIR)
+    checkpoints = EpochCheckpoints(paths.resume_dir(role), run_fingerprint(params, role))
     if not is_main_process():  # DDP: the other ranks train; rank 0 logs and writes
-        train_link(params, role)
+        train_link(params, role, checkpoints=checkpoints)
         return
     with Live(dir=str(paths.live_dir(role)), dvcyaml=False, save_dvc_exp=False, report=None) as live:
-        trained = train_link(params, role, logger=DvcLiveLogger(live))
+        trained = train_link(params, role, logger=DvcLiveLogger(live), checkpoints=checkpoints)
     result = trained.result
     info = ModelInfo(
         role=role, arch=role_cfg.arch, num_classes=meta.num_classes, image_shape=meta.image_shape,
@@ -135,7 +139,21 @@ def train_role(params: Params, role: str) -> None:
         },
     )
     save_checkpoint(paths.checkpoint_path(role), trained.student, info)
+    checkpoints.finish(role_cfg.epochs)
     log.info("%s: best val accuracy %.4f at epoch %d", role, result.best_val_accuracy, result.best_epoch)
+
+
+def run_fingerprint(params: Params, role: str) -> str:
+    """What determines a training run: a saved epoch state is resumed only under the same."""
+    link, teacher_role = link_for(params, role)
+    teacher_file = paths.checkpoint_path(teacher_role) if teacher_role and METHODS[link.method].needs_teacher else None
+    return fingerprint(
+        params.seed, params.train.model_dump(), params.role(role).model_dump(),
+        link.model_dump() if link is not None else None,
+        load_meta(paths.PREPARED_DIR).to_dict(),
+        sha256_file(teacher_file) if teacher_file is not None and teacher_file.is_file() else None,
+        code_digest(), torch.__version__,
+    )
 
 
 def raise_stale(role: str) -> None:

@@ -18,7 +18,7 @@ from kdpipe.config import DataConfig
 from kdpipe.data.prepared import META_FILE, SPLITS, PreparedMeta
 from kdpipe.data.sources import SOURCES
 from kdpipe.errors import DataError
-from kdpipe.io import write_json
+from kdpipe.io import sha256_file, write_json
 
 log = logging.getLogger("kdpipe")
 Split = tuple[np.ndarray, np.ndarray]
@@ -127,12 +127,15 @@ def prepare(cfg: DataConfig, seed: int, out_dir: str | Path, metrics_file: str |
     # Build the whole folder aside and swap it in, so a failure never leaves a partial data set.
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.parent.glob(f".{out_dir.name}.*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         for name in SPLITS:
             x, y = splits[name]
             np.save(tmp / f"{name}_x.npy", np.ascontiguousarray(x))
             np.save(tmp / f"{name}_y.npy", y.astype(np.int64))
+        meta.files = {path.name: sha256_file(path) for path in sorted(tmp.glob("*.npy"))}
         write_json(tmp / META_FILE, meta.to_dict())
         if out_dir.exists():
             shutil.rmtree(out_dir)

@@ -1,15 +1,16 @@
-"""Loading the prepared splits: memory-mapped uint8 arrays checked against their metadata."""
+"""Loading the prepared splits: uint8 arrays checked against their metadata (SHA-256, shape,
+dtype, label range), so a corrupted file is refused instead of trained on."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from kdpipe.errors import DataError, MissingInputError
-from kdpipe.io import read_json
+from kdpipe.io import read_json, sha256_file
 
 SPLITS = ("train", "val", "test")
 META_FILE = "meta.json"
@@ -25,6 +26,7 @@ class PreparedMeta:
     mean: list[float]
     std: list[float]
     counts: dict[str, int]
+    files: dict[str, str] = field(default_factory=dict)  # file name -> SHA-256, written by prepare
 
     @property
     def num_classes(self) -> int:
@@ -70,8 +72,16 @@ def load_prepared(root: str | Path, splits: tuple[str, ...] = SPLITS) -> Prepare
     root = Path(root)
     meta = load_meta(root)
     loaded = {}
+    if not meta.files:
+        raise DataError(f"{root / META_FILE} has no file hashes (an older kdpipe made it): re-run `dvc repro prepare`")
     for name in splits:
         xp, yp = root / f"{name}_x.npy", root / f"{name}_y.npy"
+        for path in (xp, yp):
+            if path.is_file() and sha256_file(path) != meta.files.get(path.name):
+                raise DataError(
+                    f"{path} is corrupted: its SHA-256 differs from the one prepare recorded in {root / META_FILE}; "
+                    "re-run `dvc repro prepare` (or `dvc checkout data/prepared`)"
+                )
         try:
             x = np.load(xp, mmap_mode="r")
             y = np.load(yp, mmap_mode="r")

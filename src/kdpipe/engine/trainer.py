@@ -20,6 +20,7 @@ from kdpipe.data.prepared import PreparedData
 from kdpipe.engine.compile import compiled
 from kdpipe.engine.inference import predict_logits
 from kdpipe.engine.optim import build_optimizer, build_scheduler
+from kdpipe.engine.resume import EpochCheckpoints, rng_state, set_rng_state
 from kdpipe.engine.runtime import Runtime
 from kdpipe.engine.teacher_cache import build_teacher_cache
 from kdpipe.errors import KdpipeError
@@ -50,6 +51,41 @@ class NonFiniteLossError(KdpipeError):
     pass
 
 
+class NonFiniteWatch:
+    """Remembers, on the device (no host sync per step), the first step of an epoch whose loss is
+    not finite and the loss terms at that step."""
+
+    def __init__(self, device: torch.device):
+        self.step = torch.full((), -1, dtype=torch.long, device=device)
+        self.terms: torch.Tensor | None = None
+        self.names: list[str] = []
+
+    def update(self, step: int, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        first = (self.step < 0) & ~torch.isfinite(loss.detach())
+        self.step = torch.where(first, step, self.step)
+        values = torch.stack([loss.detach().float(), *(torch.as_tensor(v).detach().float() for v in terms.values())])
+        if self.terms is None:
+            self.names, self.terms = ["loss", *terms], torch.zeros_like(values)
+        self.terms = torch.where(first, values, self.terms)
+
+    def check(self, desc: str, epoch: int, steps_per_epoch: int, distributed: bool = False) -> None:
+        step = int(self.step)  # one sync per epoch
+        if distributed:  # every rank stops together, or the others would wait for it forever
+            anywhere = (self.step >= 0).to(torch.int32)
+            torch.distributed.all_reduce(anywhere, op=torch.distributed.ReduceOp.MAX)
+            if step < 0 and int(anywhere):
+                raise NonFiniteLossError(f"{desc}: the loss is not finite on another DDP rank in epoch {epoch}")
+        if step < 0:
+            return
+        assert self.terms is not None
+        detail = ", ".join(f"{k}={v:.4g}" for k, v in zip(self.names, self.terms.tolist()))
+        raise NonFiniteLossError(
+            f"{desc}: the loss is not finite at step {(epoch - 1) * steps_per_epoch + step + 1} "
+            f"(epoch {epoch}, batch {step + 1}/{steps_per_epoch}): {detail}. Try a lower {desc}.lr, "
+            "train.precision: fp32, a smaller distillation weight, or check the data for NaN/inf"
+        )
+
+
 def fit(
     method: Method,
     role: RoleConfig,
@@ -59,7 +95,10 @@ def fit(
     seed: int,
     logger: EpochLogger | None = None,
     desc: str = "train",
+    checkpoints: EpochCheckpoints | None = None,
 ) -> FitResult:
+    """Train ``method.student``; with ``checkpoints`` every epoch's state is saved and a
+    previous run's state, when there is one, is resumed from."""
     device = runtime.device
     method.to(device)
     if method.teacher is not None:
@@ -89,24 +128,39 @@ def fit(
     if views:
         cache = build_teacher_cache(method.teacher, train, transform, train_cfg.augment, views, aug_gen,
                                     runtime.autocast, train_cfg.eval_batch_size)
+    generators = {"shuffle": shuffle_gen, "augment": aug_gen}
+    seen, prior_seconds, first_epoch = 0, 0.0, 1
+    state = load_state(checkpoints, runtime)
+    if state is not None:
+        method.load_state_dict(state["method"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"], generators)
+        best, best_epoch, best_state = tuple(state["best"]), state["best_epoch"], state["best_state"]
+        history, seen, prior_seconds = state["history"], state["seen"], state["seconds"]
+        first_epoch = state["epoch"] + 1
+        for done, values in enumerate(history, 1):  # dvclive's files start again from step 0
+            if logger is not None:
+                logger.log_epoch(done, values)
     start = time.perf_counter()
-    seen = 0
     compilation = contextlib.ExitStack()
     compilation.enter_context(compiled(method, train_cfg.compile))
-    for epoch in range(1, role.epochs + 1):
+    for epoch in range(first_epoch, role.epochs + 1):
         epoch_start = time.perf_counter()
         method.set_progress(epoch, role.epochs)
         method.train()
         sums = {"loss": torch.zeros((), device=device), "correct": torch.zeros((), device=device)}
         terms_sum: dict[str, torch.Tensor] = {}
         count = 0
+        watch = NonFiniteWatch(device)
         lr = optimizer.param_groups[0]["lr"]
         bar = tqdm(
             batch_indices(len(train), batch_size, shuffle=True, generator=shuffle_gen, drop_last=True),
             total=steps, desc=f"{desc} {epoch}/{role.epochs}", leave=False,
             disable=None if runtime.is_main else True,  # quiet off a terminal and on other ranks
         )
-        for idx in bar:
+        for step, idx in enumerate(bar):
             y = train.labels[idx].to(device, non_blocking=True)[shard]
             if cache is None:
                 # every rank augments the whole global batch (same generator) and keeps its
@@ -123,6 +177,7 @@ def fit(
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            watch.update(step, loss, terms)
             n = len(y)
             count += n
             sums["loss"] += loss.detach() * n
@@ -132,13 +187,8 @@ def fit(
         if runtime.distributed:  # epoch totals over all ranks: one collective per epoch
             sums, terms_sum, count = all_reduce_sums(sums, terms_sum, count, device)
         seen += count
+        watch.check(desc, epoch, steps, runtime.distributed)
         train_loss = float(sums["loss"]) / count  # one sync per epoch, not per step
-        if not math.isfinite(train_loss):
-            detail = ", ".join(f"{k}={float(v) / count:.4g}" for k, v in terms_sum.items())
-            raise NonFiniteLossError(
-                f"{desc}: loss became {train_loss} in epoch {epoch} ({detail}); "
-                f"try a lower {desc}.lr, precision fp32, or check the data"
-            )
         val_logits = predict_logits(method.student, val, transform, train_cfg.eval_batch_size, runtime.autocast)
         val_loss = float(torch.nn.functional.cross_entropy(val_logits, val.labels))
         val_acc = float((val_logits.argmax(1) == val.labels).float().mean())
@@ -164,8 +214,15 @@ def fit(
             best = (val_acc, val_loss)
             best_epoch = epoch
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in method.student.state_dict().items()})
+        if checkpoints is not None and runtime.is_main:
+            checkpoints.save(epoch, {
+                "method": method.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(generators),
+                "best": list(best), "best_epoch": best_epoch, "best_state": best_state, "history": history,
+                "seen": seen, "seconds": prior_seconds + time.perf_counter() - start,
+            })
     compilation.close()  # (on an exception the compiled forward dies with the method)
-    seconds = time.perf_counter() - start
+    seconds = prior_seconds + time.perf_counter() - start
     assert best_state is not None
     last_state = {k: v.detach().cpu().clone() for k, v in method.student.state_dict().items()}
     method.student.load_state_dict(best_state)
@@ -182,6 +239,19 @@ def fit(
         history=history,
         last_state=last_state,
     )
+
+
+def load_state(checkpoints: EpochCheckpoints | None, runtime: Runtime) -> dict[str, Any] | None:
+    """The saved state to resume from. Under DDP rank 0 looks first (and clears what is unusable),
+    then the other ranks read the same file."""
+    if checkpoints is None:
+        return None
+    if runtime.distributed and not runtime.is_main:
+        torch.distributed.barrier()
+    state = checkpoints.latest()
+    if runtime.distributed and runtime.is_main:
+        torch.distributed.barrier()
+    return state
 
 
 def distribute(
