@@ -1,0 +1,125 @@
+"""Faults on a real (tiny) reproduced pipeline: a stage killed with SIGKILL, then `dvc repro`,
+ends with exactly the uninterrupted result; bad upstream files are refused clearly and leave
+nothing half-written."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run, tool_env
+from kdpipe.io import sha256_file
+
+ROLE_OF_STAGE = {"train_teacher": "teacher", "train_assistant": "assistant", "distill_student": "student"}
+ROLE_STAGE = {role: stage for stage, role in ROLE_OF_STAGE.items()}
+ACCURACIES = ("best_val_accuracy", "last_val_accuracy", "best_epoch")
+
+
+def start(cmd: list[str], ws: Path) -> subprocess.Popen:
+    # own process group: SIGKILL takes DVC and the stage's Python together, like a crash
+    return subprocess.Popen(cmd, cwd=ws, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> bool:
+    """SIGKILL the process group as soon as ``ready()``; False if it ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise AssertionError(f"no kill point reached in {timeout}s: {proc.communicate()[0]}")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("stage", list(ROLE_OF_STAGE))
+def test_training_stage_killed_then_repro_resumes_to_the_same_result(reproduced, reproduced_template, stage):
+    role = ROLE_OF_STAGE[stage]
+    state = reproduced / "models/checkpoints" / role
+    proc = start(["dvc", "repro", "--force", "--single-item", stage], reproduced)
+    # killed in epoch 3 of 4-6, once epoch 2's state is complete (its hash file written last)
+    assert kill_when(proc, lambda: (state / "epoch-0002.pt.sha256").is_file()), "the stage ended before the kill"
+    assert not (reproduced / f"models/{role}.pt").exists()  # DVC removed it before the run; nothing new was made
+
+    again = run(["dvc", "repro"], reproduced)
+    assert f"resuming from models/checkpoints/{role}/epoch-0002.pt" in again.stdout + again.stderr
+    # the same weights, byte for byte, so nothing downstream had to run again
+    assert sha256_file(reproduced / f"models/{role}.pt") == sha256_file(reproduced_template / f"models/{role}.pt")
+    assert "Running stage 'quantize'" not in again.stdout
+    metrics = f"metrics/train_{role}.json"
+    new, old = (json.loads((ws / metrics).read_text()) for ws in (reproduced, reproduced_template))
+    assert {k: new[k] for k in ACCURACIES} == {k: old[k] for k in ACCURACIES}
+    assert [p.name for p in state.iterdir()] == ["status.json"]  # the heavy state is gone once done
+    assert run(["dvc", "status", "dvc.yaml", "--json"], reproduced).stdout.strip() == "{}"
+
+
+@pytest.mark.integration
+def test_prepare_killed_then_repro_rebuilds_the_same_data(reproduced, reproduced_template):
+    proc = start(["dvc", "repro", "--force", "--single-item", "prepare"], reproduced)
+    # the moment prepare builds its folder aside (data/.prepared.*), or failing that any time it runs
+    data = reproduced / "data"
+    killed = kill_when(proc, lambda: any(data.glob(".prepared.*")))
+    if not killed:  # the write window was too short to catch: kill the next run mid-way instead
+        proc = start(["dvc", "repro", "--force", "--single-item", "prepare"], reproduced)
+        began = time.monotonic()
+        assert kill_when(proc, lambda: time.monotonic() - began > 1.0)
+    # never a partial data set where training would look for one
+    prepared = reproduced / "data/prepared"
+    assert not prepared.exists() or (prepared / "meta.json").is_file()
+    run(["dvc", "repro"], reproduced)
+    assert not list(data.glob(".prepared.*"))  # what the killed run left aside is cleaned up
+    for name in ("train_x.npy", "val_y.npy", "test_x.npy", "meta.json"):
+        assert sha256_file(prepared / name) == sha256_file(reproduced_template / "data/prepared" / name)
+    assert run(["dvc", "status", "dvc.yaml", "--json"], reproduced).stdout.strip() == "{}"
+
+
+def run_stage_script(ws: Path, stage: str) -> subprocess.CompletedProcess:
+    return run([sys.executable, f"src/{stage}.py"], ws, check=False)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated"])
+def test_corrupted_prepared_data_is_refused(reproduced, damage):
+    target = reproduced / "data/prepared/train_x.npy"
+    data = bytearray(target.read_bytes())
+    if damage == "flipped byte":
+        data[-1] ^= 0xFF  # same size and shape: only the hash can tell
+    else:
+        data = data[: len(data) // 2]
+    target.write_bytes(bytes(data))
+    proc = run_stage_script(reproduced, "train_teacher")
+    assert proc.returncode == 2, proc.stderr
+    assert "data/prepared/train_x.npy" in proc.stderr and "re-run `dvc repro prepare`" in proc.stderr
+    assert not (reproduced / "models/teacher.pt").exists()  # the old model is not left posing as the new one
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("fault", ["missing", "corrupt"])
+@pytest.mark.parametrize("stage, upstream, outputs", [
+    ("distill_student", "assistant", ["models/student.pt", "metrics/train_student.json"]),
+    ("quantize", "student", ["models/student.onnx", "models/student_int8.onnx", "metrics/quantize.json"]),
+])
+def test_missing_or_corrupt_upstream_model_is_refused(reproduced, fault, stage, upstream, outputs):
+    path = reproduced / f"models/{upstream}.pt"
+    if fault == "missing":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[:1000])  # a truncated copy
+    proc = run_stage_script(reproduced, stage)
+    assert proc.returncode == 2, proc.stderr
+    expected = "not found" if fault == "missing" else "is not a readable kdpipe checkpoint"
+    assert f"models/{upstream}.pt" in proc.stderr and expected in proc.stderr, proc.stderr
+    assert f"dvc repro {ROLE_STAGE[upstream]}" in proc.stderr and "Traceback" not in proc.stderr
+    for rel in outputs:  # the previous run's outputs are removed, not left to pass for new ones
+        assert not (reproduced / rel).exists(), rel
