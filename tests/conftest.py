@@ -1,7 +1,9 @@
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,27 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 600) -> su
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def start(cmd: list[str], ws: Path) -> subprocess.Popen:
+    # own process group: SIGKILL takes DVC and the stage's Python together, like a crash
+    return subprocess.Popen(cmd, cwd=ws, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> bool:
+    """SIGKILL the process group as soon as ``ready()``; False if it ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise AssertionError(f"no kill point reached in {timeout}s: {proc.communicate()[0]}")
 
 
 def tiny_params(**overrides) -> dict:

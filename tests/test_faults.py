@@ -3,8 +3,6 @@ ends with exactly the uninterrupted result; bad upstream files are refused clear
 nothing half-written."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,33 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run, tool_env
+from conftest import kill_when, run, start
 from kdpipe.io import sha256_file
 
 ROLE_OF_STAGE = {"train_teacher": "teacher", "train_assistant": "assistant", "distill_student": "student"}
 ROLE_STAGE = {role: stage for stage, role in ROLE_OF_STAGE.items()}
 ACCURACIES = ("best_val_accuracy", "last_val_accuracy", "best_epoch")
-
-
-def start(cmd: list[str], ws: Path) -> subprocess.Popen:
-    # own process group: SIGKILL takes DVC and the stage's Python together, like a crash
-    return subprocess.Popen(cmd, cwd=ws, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-
-
-def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> bool:
-    """SIGKILL the process group as soon as ``ready()``; False if it ended first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if ready():
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.005)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise AssertionError(f"no kill point reached in {timeout}s: {proc.communicate()[0]}")
 
 
 @pytest.mark.integration

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 
 import torch
 
@@ -23,3 +26,18 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
 
 def is_main_process() -> bool:
     return distributed_env()[0] == 0
+
+
+def die_with_launcher() -> None:
+    """In a torchrun worker: be killed when the launcher dies.
+
+    torchrun starts each worker in a session of its own, so a SIGKILL of the stage (or of the
+    `dvc repro` running it) would leave the workers training and writing outputs on their own.
+    Linux only; elsewhere a no-op.
+    """
+    if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() == 1:  # the launcher died before the line above
+        os._exit(1)

@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from kdpipe.config import Params, load_params
-from kdpipe.distributed import is_main_process
+from kdpipe.distributed import die_with_launcher, is_main_process
 from kdpipe.errors import KdpipeError
 
 DVC_FILE = "dvc.yaml"
@@ -89,6 +89,7 @@ def run_stage(
     """Run a stage body; ``distributed`` stages (training) may run as several DDP processes, of
     which only rank 0 writes outputs and cleans up after a failure."""
     setup_logging()
+    die_with_launcher()
     outputs = declared_outputs(name, dvc_file)
     main = is_main_process()
     if not main:

@@ -9,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from conftest import make_workspace, run, write_params
+from conftest import kill_when, make_workspace, run, start, write_params
 from kdpipe.config import DistillConfig, RoleConfig, TrainConfig
 from kdpipe.data.prepared import PreparedData, PreparedMeta, Split
 from kdpipe.engine.runtime import setup_runtime
@@ -82,6 +82,17 @@ def test_torchrun_stage_with_two_processes(tmp_path):
     # normalises its 64-image shard: there is no SyncBatchNorm on CPUs), so only close.
     assert abs(ddp["best_val_accuracy"] - single["best_val_accuracy"]) <= 0.1, (single, ddp)
     assert ddp["best_val_accuracy"] > 0.3  # well above the 10% of chance after 3 short epochs
+
+    # killed once epoch 2's state is saved (by rank 0), run again: every rank resumes from it
+    # and the result is the uninterrupted DDP run's, byte for byte
+    model = (ws / "models/teacher.pt").read_bytes()
+    proc = start(["python", "src/train_teacher.py"], ws)
+    assert kill_when(proc, lambda: (ws / "models/checkpoints/teacher/epoch-0002.pt.sha256").is_file())
+    resumed = run(["python", "src/train_teacher.py"], ws)
+    assert "resuming from models/checkpoints/teacher/epoch-0002.pt" in resumed.stderr, resumed.stderr
+    assert (ws / "models/teacher.pt").read_bytes() == model
+    again = json.loads((ws / "metrics/train_teacher.json").read_text())
+    assert [again[k] for k in ("best_val_accuracy", "last_val_accuracy")] == [ddp[k] for k in ("best_val_accuracy", "last_val_accuracy")]
 
 
 @pytest.mark.parametrize("name", ["none", "kd"])
