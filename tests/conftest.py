@@ -114,7 +114,7 @@ def reproduced_template(tmp_path_factory) -> Path:
     """One tiny `dvc repro` shared by the session's tests, committed (dvc.lock, metrics) with its
     DVC cache. Tests never touch it: they work on a copy from the `reproduced` fixture."""
     ws = make_workspace(tmp_path_factory.mktemp("reproduced") / "ws")
-    run(["dvc", "repro"], ws)
+    run(["dvc", "repro"], ws, timeout=1800)  # (minutes on a loaded 2-core machine)
     commit_all(ws, "tiny default run")
     return ws
 

@@ -228,6 +228,15 @@ class EvaluateConfig(Section):
     feature_map_images: int = Field(6, ge=1, description="test images shown in the feature-map PNGs")
 
 
+class ValidateConfig(Section):
+    """CI re-validation (``python -m kdpipe.validate``); no stage reads it."""
+
+    tolerance: float = Field(
+        0.005, ge=0, lt=1,
+        description="largest accepted drop of any accuracy in a re-run against the committed metrics (0.005 = 0.5 pt)",
+    )
+
+
 class Params(Section):
     seed: int = 42
     data: DataConfig = DataConfig()
@@ -239,6 +248,9 @@ class Params(Section):
     quantize: QuantizeConfig = QuantizeConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     compare: CompareConfig = CompareConfig()
+    # params.yaml's ``validate`` section; the attribute is ``validation`` because a pydantic
+    # field named ``validate`` would shadow ``BaseModel.validate``.
+    validation: ValidateConfig = Field(ValidateConfig(), alias="validate")
 
     def role(self, name: str) -> RoleConfig:
         if name not in ROLES:
@@ -259,7 +271,8 @@ def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
         # Suggest the closest valid key of the section the typo sits in.
         section: Any = model
         for part in err["loc"][:-1]:
-            field = section.model_fields.get(str(part)) if isinstance(section, type) else None
+            fields = getattr(section, "model_fields", {}) if isinstance(section, type) else {}
+            field = next((f for n, f in fields.items() if str(part) in (n, f.alias)), None)
             section = field.annotation if field is not None else None
         key = str(err["loc"][-1])
         hint = ""
