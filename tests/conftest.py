@@ -3,6 +3,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,8 +35,17 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 600) -> su
 
 def start(cmd: list[str], ws: Path) -> subprocess.Popen:
     # own process group: SIGKILL takes DVC and the stage's Python together, like a crash
-    return subprocess.Popen(cmd, cwd=ws, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    # output to a file: a pipe nobody reads would block a chatty child before the kill point
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(cmd, cwd=ws, env=tool_env(), stdout=log, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
+    proc.log = log
+    return proc
+
+
+def output_of(proc: subprocess.Popen) -> str:
+    proc.log.seek(0)
+    return proc.log.read()
 
 
 def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> bool:
@@ -50,7 +60,8 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> bool:
             return False
         time.sleep(0.005)
     os.killpg(proc.pid, signal.SIGKILL)
-    raise AssertionError(f"no kill point reached in {timeout}s: {proc.communicate()[0]}")
+    proc.wait()
+    raise AssertionError(f"no kill point reached in {timeout}s:\n{output_of(proc)}")
 
 
 def tiny_params(**overrides) -> dict:

@@ -110,3 +110,13 @@ def test_method_sections_are_validated_by_the_method():
     assert "at.weight" in error_of(raw) and "-3" in error_of(raw)
     raw["distill"]["at"] = {"weight": 3}
     assert parse_params(raw).distill.model_extra["at"].weight == 3
+
+
+def test_suggestions_use_the_names_written_in_params_yaml():
+    # the `validate` section is the `validation` field (alias): users must be told `validate`
+    raw = load_default_params()
+    raw["validat"] = raw.pop("validate")
+    assert "did you mean 'validate'" in error_of(raw)
+    raw = load_default_params()
+    raw["validation"] = raw.pop("validate")
+    assert "did you mean 'validate'" in error_of(raw)

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from conftest import kill_when, run, start
@@ -42,17 +43,25 @@ def test_training_stage_killed_then_repro_resumes_to_the_same_result(reproduced,
 
 @pytest.mark.integration
 def test_prepare_killed_then_repro_rebuilds_the_same_data(reproduced, reproduced_template):
-    proc = start(["dvc", "repro", "--force", "--single-item", "prepare"], reproduced)
-    # the moment prepare builds its folder aside (data/.prepared.*), or failing that any time it runs
     data = reproduced / "data"
-    killed = kill_when(proc, lambda: any(data.glob(".prepared.*")))
-    if not killed:  # the write window was too short to catch: kill the next run mid-way instead
+    # killed the moment prepare builds its folder aside (data/.prepared.*); that window is short,
+    # so a run that ends first is followed by one killed while prepare's Python is decoding
+    proc = start(["dvc", "repro", "--force", "--single-item", "prepare"], reproduced)
+    if not kill_when(proc, lambda: any(data.glob(".prepared.*"))):
         proc = start(["dvc", "repro", "--force", "--single-item", "prepare"], reproduced)
-        began = time.monotonic()
-        assert kill_when(proc, lambda: time.monotonic() - began > 1.0)
-    # never a partial data set where training would look for one
+        seen: list[float] = []
+
+        def prepare_running() -> bool:
+            running = any("src/prepare.py" in " ".join(p.cmdline()) for p in psutil.Process(proc.pid).children(True))
+            if running and not seen:
+                seen.append(time.monotonic())
+            return bool(seen) and time.monotonic() - seen[0] > 0.5
+
+        assert kill_when(proc, prepare_running), "prepare ended before it could be killed"
     prepared = reproduced / "data/prepared"
-    assert not prepared.exists() or (prepared / "meta.json").is_file()
+    assert not (prepared / "meta.json").exists()  # no data set that looks complete
+    refused = run_stage_script(reproduced, "train_teacher")  # nothing to train on, said clearly
+    assert refused.returncode == 2 and "data/prepared/meta.json not found" in refused.stderr, refused.stderr
     run(["dvc", "repro"], reproduced)
     assert not list(data.glob(".prepared.*"))  # what the killed run left aside is cleaned up
     for name in ("train_x.npy", "val_y.npy", "test_x.npy", "meta.json"):

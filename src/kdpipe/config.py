@@ -232,8 +232,8 @@ class ValidateConfig(Section):
     """CI re-validation (``python -m kdpipe.validate``); no stage reads it."""
 
     tolerance: float = Field(
-        0.005, ge=0, lt=1,
-        description="largest accepted drop of any accuracy in a re-run against the committed metrics (0.005 = 0.5 pt)",
+        0.009, ge=0, lt=1,
+        description="largest accepted drop of any accuracy in a re-run against the committed metrics (0.009 = 0.9 pt)",
     )
 
 
@@ -277,7 +277,8 @@ def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
         key = str(err["loc"][-1])
         hint = ""
         if isinstance(section, type) and issubclass(section, BaseModel):
-            close = difflib.get_close_matches(key, list(section.model_fields), n=1)
+            names = [f.alias or n for n, f in section.model_fields.items()]  # as written in params.yaml
+            close = difflib.get_close_matches(key, names, n=1)
             if close:
                 hint = f" (did you mean '{close[0]}'?)"
         return f"{loc}: unknown key{hint}"

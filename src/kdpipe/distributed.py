@@ -31,13 +31,16 @@ def is_main_process() -> bool:
 def die_with_launcher() -> None:
     """In a torchrun worker: be killed when the launcher dies.
 
-    torchrun starts each worker in a session of its own, so a SIGKILL of the stage (or of the
-    `dvc repro` running it) would leave the workers training and writing outputs on their own.
+    torchrun starts each worker in a session of its own, so a SIGKILL of the stage's process
+    group (Ctrl-C, a killed `dvc repro` job) would leave the workers training and writing outputs
+    on their own.
     Linux only; elsewhere a no-op.
     """
     if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
         return
+    launcher = os.getppid()
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() == 1:  # the launcher died before the line above
+    if os.getppid() != launcher:  # the launcher died before the line above
+        print("kdpipe: the torchrun launcher is gone; this worker stops", file=sys.stderr)
         os._exit(1)

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -5,7 +7,7 @@ from kdpipe.config import DataConfig
 from kdpipe.data.prepare import make_splits, prepare
 from kdpipe.data.prepared import load_prepared
 from kdpipe.errors import DataError, MissingInputError
-from kdpipe.io import read_json
+from kdpipe.io import read_json, sha256_file
 
 
 def class_shares(y, k=10):
@@ -63,6 +65,12 @@ def test_corrupt_or_missing_prepared_data_is_detected(tmp_path):
         load_prepared(out)
     prepare(DataConfig(), 0, out, tmp_path / "m.json")
     np.save(out / "val_x.npy", np.zeros((3, 1, 8, 8), dtype=np.uint8))
+    with pytest.raises(DataError, match="val_x.npy is corrupted: its SHA-256 differs"):
+        load_prepared(out)
+    # a file whose hash was recorded but whose shape disagrees with the metadata
+    meta = json.loads((out / "meta.json").read_text())
+    meta["files"]["val_x.npy"] = sha256_file(out / "val_x.npy")
+    (out / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="val_x.npy does not match"):
         load_prepared(out)
     (out / "test_y.npy").write_bytes(b"garbage")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from kdpipe.errors import KdpipeError
-from kdpipe.io import sha256_file, write_json, write_with
+from kdpipe.io import sha256_file, write_json, write_text, write_with
 
 log = logging.getLogger("kdpipe")
 FORMAT = "kdpipe-training-state/1"
@@ -49,7 +49,7 @@ def code_digest(package_dir: str | Path = Path(__file__).resolve().parents[1]) -
     return digest.hexdigest()[:16]
 
 
-def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
+def rng_state(generators: dict[str, torch.Generator], device: torch.device) -> dict[str, Any]:
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
@@ -57,20 +57,20 @@ def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
         "numpy": [torch.from_numpy(np.asarray(v)) if isinstance(v, np.ndarray) else v for v in np.random.get_state()],
         "generators": {name: g.get_state() for name, g in generators.items()},
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":  # this process's device only (every DDP rank consumes the same)
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
+def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(_tuples(state["python"]))
     kind, keys, *rest = state["numpy"]
     np.random.set_state((kind, keys.numpy(), *rest))
     for name, g in generators.items():
         g.set_state(state["generators"][name])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _tuples(value: Any) -> Any:
@@ -85,6 +85,10 @@ class EpochCheckpoints:
         self.dir = Path(directory)
         self.run_id = run_id
         self.keep = max(1, keep)
+
+    def bound_to(self, *facts: Any) -> EpochCheckpoints:
+        """The same folder, for a run also identified by ``facts`` (the resolved device, precision...)."""
+        return EpochCheckpoints(self.dir, fingerprint(self.run_id, *facts), self.keep)
 
     def _path(self, epoch: int) -> Path:
         return self.dir / f"epoch-{epoch:04d}.pt"
@@ -128,9 +132,9 @@ class EpochCheckpoints:
         hash_file = Path(f"{path}.sha256")
         if not hash_file.is_file():
             return None, "no .sha256 beside it (the write was interrupted)"
-        if sha256_file(path) != hash_file.read_text().strip():
-            return None, "SHA-256 mismatch (the file is truncated or corrupted)"
         try:
+            if sha256_file(path) != hash_file.read_text(errors="replace").strip():
+                return None, "SHA-256 mismatch (the file is truncated or corrupted)"
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - an unreadable file is unusable, whatever the cause
             return None, f"unreadable ({exc})"
@@ -145,7 +149,7 @@ class EpochCheckpoints:
         data = buffer.getvalue()
         try:
             write_with(path, lambda tmp: tmp.write_bytes(data))
-            write_with(f"{path}.sha256", lambda tmp: tmp.write_text(hashlib.sha256(data).hexdigest() + "\n"))
+            write_text(f"{path}.sha256", hashlib.sha256(data).hexdigest() + "\n")
         except OSError as exc:
             self._discard(path)
             previous = [e for e, _ in self._saved()]

@@ -128,15 +128,15 @@ def fit(
     if views:
         cache = build_teacher_cache(method.teacher, train, transform, train_cfg.augment, views, aug_gen,
                                     runtime.autocast, train_cfg.eval_batch_size)
+    # everything that changes from epoch to epoch: saved after each, restored on resume
+    parts = {"method": method, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     generators = {"shuffle": shuffle_gen, "augment": aug_gen}
     seen, prior_seconds, first_epoch = 0, 0.0, 1
     state = load_state(checkpoints, runtime)
     if state is not None:
-        method.load_state_dict(state["method"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"], generators)
+        for name, part in parts.items():
+            part.load_state_dict(state[name])
+        set_rng_state(state["rng"], generators, device)
         best, best_epoch, best_state = tuple(state["best"]), state["best_epoch"], state["best_state"]
         history, seen, prior_seconds = state["history"], state["seen"], state["seconds"]
         first_epoch = state["epoch"] + 1
@@ -214,10 +214,9 @@ def fit(
             best = (val_acc, val_loss)
             best_epoch = epoch
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in method.student.state_dict().items()})
-        if checkpoints is not None and runtime.is_main:
+        if checkpoints is not None and runtime.is_main and epoch < role.epochs:  # (after the last: the outputs)
             checkpoints.save(epoch, {
-                "method": method.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(generators),
+                **{name: part.state_dict() for name, part in parts.items()}, "rng": rng_state(generators, device),
                 "best": list(best), "best_epoch": best_epoch, "best_state": best_state, "history": history,
                 "seen": seen, "seconds": prior_seconds + time.perf_counter() - start,
             })
@@ -246,11 +245,21 @@ def load_state(checkpoints: EpochCheckpoints | None, runtime: Runtime) -> dict[s
     then the other ranks read the same file."""
     if checkpoints is None:
         return None
+    # state from another device, precision or process count would not continue the same run
+    checkpoints = checkpoints.bound_to(runtime.device.type, runtime.precision, runtime.world_size,
+                                       torch.get_num_threads())
     if runtime.distributed and not runtime.is_main:
         torch.distributed.barrier()
     state = checkpoints.latest()
-    if runtime.distributed and runtime.is_main:
-        torch.distributed.barrier()
+    if runtime.distributed:
+        if runtime.is_main:
+            torch.distributed.barrier()
+        epoch = state["epoch"] if state is not None else 0
+        agreed = torch.tensor([epoch, -epoch], device=runtime.device)
+        torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MAX)
+        if int(agreed[0]) != -int(agreed[1]):  # e.g. a folder that is not shared between nodes
+            raise KdpipeError(f"DDP ranks found different saved epochs in {checkpoints.dir} (rank {runtime.rank}: "
+                              f"{epoch}); put it on a file system all nodes share, or delete it to start afresh")
     return state
 
 
