@@ -9,7 +9,7 @@ import torch
 from kdpipe.config import AugmentConfig, DistillConfig, RoleConfig, TrainConfig
 from kdpipe.engine import resume
 from kdpipe.engine.resume import CheckpointWriteError, EpochCheckpoints
-from kdpipe.engine.runtime import setup_runtime
+from kdpipe.engine.runtime import resolve_precision, setup_runtime
 from kdpipe.engine.trainer import NonFiniteLossError, fit
 from kdpipe.methods import build_method
 from kdpipe.methods.base import Method, MethodContext
@@ -74,12 +74,15 @@ def interrupted(tmp_path, at=3):
     return ckpt
 
 
-def test_interrupted_fit_resumes_to_the_same_result(tmp_path, uninterrupted):
+def test_interrupted_fit_resumes_to_the_same_result(tmp_path, uninterrupted, caplog):
     ckpt = interrupted(tmp_path)
     assert sorted(p.name for p in ckpt.dir.iterdir()) == [
         "epoch-0001.pt", "epoch-0001.pt.sha256", "epoch-0002.pt", "epoch-0002.pt.sha256"]
     logger = StopAt()
+    caplog.set_level("INFO", logger="kdpipe")
     resumed = run_fit(EpochCheckpoints(tmp_path / "state", run_id="run"), logger)
+    assert "resuming from" in caplog.text and "epoch-0002.pt (epoch 2 complete)" in caplog.text  # not a fresh run
+    assert "not resumed" not in caplog.text
     same_run(uninterrupted, resumed)
     assert logger.logged == [1, 2, 3, 4]  # the saved epochs are logged again, then the new ones
     # two kept; none after the last epoch (the stage writes the model itself then)
@@ -92,16 +95,20 @@ def test_corrupted_latest_state_falls_back_to_the_previous_epoch(tmp_path, unint
     data = bytearray(latest.read_bytes())
     data[len(data) // 2] ^= 0xFF
     latest.write_bytes(bytes(data))
-    state = ckpt.latest()
-    assert state["epoch"] == 1 and "SHA-256 mismatch" in caplog.text and not latest.exists()
-    same_run(uninterrupted, run_fit(EpochCheckpoints(tmp_path / "state", run_id="run")))
+    caplog.set_level("INFO", logger="kdpipe")
+    resumed = run_fit(EpochCheckpoints(tmp_path / "state", run_id="run"))
+    assert "SHA-256 mismatch" in caplog.text
+    assert "epoch-0001.pt (epoch 1 complete)" in caplog.text  # resumed from the previous epoch
+    same_run(uninterrupted, resumed)
 
 
 def test_partial_foreign_and_finished_state_is_not_resumed(tmp_path, caplog):
     ckpt = interrupted(tmp_path)
     (ckpt.dir / "epoch-0002.pt.sha256").unlink()  # killed between the two writes
     (ckpt.dir / ".epoch-0003.pt.abc.tmp").write_bytes(b"half")  # killed inside a write
-    assert ckpt.latest()["epoch"] == 1
+    # what fit looks for: the run id bound to the resolved device, precision, processes, threads
+    bound = ckpt.bound_to("cpu", resolve_precision("auto", torch.device("cpu")), 1, torch.get_num_threads())
+    assert bound.latest()["epoch"] == 1
     assert "interrupted" in caplog.text and not list(ckpt.dir.glob(".*.tmp"))
     assert EpochCheckpoints(ckpt.dir, run_id="other params").latest() is None
     assert "other params, data, teacher or code" in caplog.text and not list(ckpt.dir.glob("epoch-*"))
@@ -112,7 +119,7 @@ def test_partial_foreign_and_finished_state_is_not_resumed(tmp_path, caplog):
     assert ckpt.latest() is None and not list(ckpt.dir.iterdir())
 
 
-def test_a_failed_state_write_stops_clearly_and_keeps_the_previous_epoch(tmp_path, monkeypatch, uninterrupted):
+def test_a_failed_state_write_stops_clearly_and_keeps_the_previous_epoch(tmp_path, monkeypatch, uninterrupted, caplog):
     real = resume.write_with
     calls = []
 
@@ -131,7 +138,10 @@ def test_a_failed_state_write_stops_clearly_and_keeps_the_previous_epoch(tmp_pat
         run_fit(ckpt)
     assert sorted(p.name for p in ckpt.dir.iterdir()) == ["epoch-0001.pt", "epoch-0001.pt.sha256"]
     monkeypatch.setattr(resume, "write_with", real)
-    same_run(uninterrupted, run_fit(EpochCheckpoints(tmp_path / "state", run_id="run")))
+    caplog.set_level("INFO", logger="kdpipe")
+    resumed = run_fit(EpochCheckpoints(tmp_path / "state", run_id="run"))
+    assert "epoch-0001.pt (epoch 1 complete)" in caplog.text
+    same_run(uninterrupted, resumed)
 
 
 class NaNAtStep(Method):

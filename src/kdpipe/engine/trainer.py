@@ -132,6 +132,9 @@ def fit(
     parts = {"method": method, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     generators = {"shuffle": shuffle_gen, "augment": aug_gen}
     seen, prior_seconds, first_epoch = 0, 0.0, 1
+    if checkpoints is not None:  # state from another device, precision or process count is another run
+        checkpoints = checkpoints.bound_to(runtime.device.type, runtime.precision, runtime.world_size,
+                                           torch.get_num_threads())
     state = load_state(checkpoints, runtime)
     if state is not None:
         for name, part in parts.items():
@@ -245,9 +248,6 @@ def load_state(checkpoints: EpochCheckpoints | None, runtime: Runtime) -> dict[s
     then the other ranks read the same file."""
     if checkpoints is None:
         return None
-    # state from another device, precision or process count would not continue the same run
-    checkpoints = checkpoints.bound_to(runtime.device.type, runtime.precision, runtime.world_size,
-                                       torch.get_num_threads())
     if runtime.distributed and not runtime.is_main:
         torch.distributed.barrier()
     state = checkpoints.latest()
