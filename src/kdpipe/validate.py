@@ -124,12 +124,6 @@ def read_metrics(files: list[str]) -> dict[str, Any]:
 # --- stale check ---------------------------------------------------------------------------------
 
 
-def split_address(address: str) -> tuple[str, str]:
-    """``compare/dvc.yaml:compare_methods`` -> (``compare/dvc.yaml``, ``compare_methods``)."""
-    dvc_file, _, name = address.rpartition(":")
-    return (dvc_file or DEFAULT_PIPELINE), name
-
-
 def load_locks(dvc_files: list[str]) -> dict[str, dict]:
     """Stage address -> its dvc.lock entry, with paths relative to the repository root."""
     entries = {}
