@@ -90,6 +90,7 @@ def train_link(
         build_network=lambda arch: build_model(arch, meta.num_classes, meta.channels, size),
         student_arch=role_cfg.arch,
         teacher_arch=teacher_info.arch if teacher_info is not None else None,
+        num_train=len(data["train"]),
     )
     method = build_method(method_name, student, teacher, link, role_cfg.label_smoothing, context)
     log.info(

@@ -173,6 +173,8 @@ def fit(
                 k = cache.view(epoch)
                 x = transform(cache.views[k][idx[shard]])
                 method.__dict__["cached_teacher_logits"] = cache.logits[k][idx[shard]].to(device, non_blocking=True)
+            if method.needs_indices:
+                method.give_indices(idx[shard].to(device, non_blocking=True))
             with runtime.autocast():
                 logits, loss, terms = model(x, y)
             optimizer.zero_grad(set_to_none=True)

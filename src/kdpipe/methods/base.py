@@ -31,6 +31,7 @@ class MethodContext:
     build_network: Callable[[str], nn.Module] | None = None  # a fresh model of an arch for this data
     student_arch: str | None = None
     teacher_arch: str | None = None
+    num_train: int | None = None  # training-set size, for per-sample state (crd's memory banks)
 
 
 def register_method(name: str):
@@ -47,6 +48,8 @@ class Method(nn.Module):
     needs_teacher: ClassVar[bool] = True
     # Only the teacher's logits are used: they can come from a cache (``<link>.cache_views``).
     logits_only: ClassVar[bool] = False
+    # Per-sample state (crd's memory banks): the trainer passes each batch's training-set indices.
+    needs_indices: ClassVar[bool] = False
     # Schema of the method's own settings under ``distill.<name>`` (None: it has none).
     Params: ClassVar[type[BaseModel] | None] = None
 
@@ -95,6 +98,10 @@ class Method(nn.Module):
 
     def close(self) -> None:
         """Release hooks on the networks once training is over."""
+
+    def give_indices(self, idx: torch.Tensor) -> None:
+        """The next batch's indices into the training split (for ``needs_indices`` methods)."""
+        self.__dict__["batch_indices"] = idx
 
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
         cached = self.__dict__.pop("cached_teacher_logits", None)  # set by the trainer per step
