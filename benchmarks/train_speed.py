@@ -137,7 +137,8 @@ def engine(args) -> dict:
     data = PreparedData(meta, {"train": Split(images[:n_train], labels[:n_train]),
                                "val": Split(images[n_train:], labels[n_train:])})
     train_cfg = TrainConfig(batch_size=args.batch, device=args.device, precision="auto", channels_last=True,
-                            augment=AugmentConfig(crop_padding=4, hflip=True), compile=args.side == "engine+compile")
+                            augment=AugmentConfig(crop_padding=4, hflip=True), compile=args.side == "engine+compile",
+                            teacher_chunk=args.teacher_chunk)
     runtime = setup_runtime(train_cfg, seed=0)
     n = len(classes)
     arch = args.student if args.mode == "distill" else args.teacher
@@ -163,8 +164,8 @@ def child(args) -> None:
 
 def measure(args, side: str, mode: str) -> dict:
     cmd = [sys.executable, __file__, "--child", side, "--mode", mode, "--tree", str(args.tree)]
-    for key in ("batch", "steps", "warmup", "workers", "teacher", "student", "device"):
-        cmd += [f"--{key}", str(getattr(args, key))]
+    for key in ("batch", "steps", "warmup", "workers", "teacher", "student", "device", "teacher_chunk"):
+        cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -180,6 +181,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="reference DataLoader workers")
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--modes", default="teacher,distill")
+    parser.add_argument("--sides", default=",".join(SIDES), help="which sides to run (the ratio needs reference)")
+    parser.add_argument("--teacher-chunk", type=int, default=0, help="engine: train.teacher_chunk (0 = auto)")
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--tree", type=Path, help=argparse.SUPPRESS)
@@ -187,6 +190,9 @@ def main() -> None:
     if args.child:
         args.side = args.child
         return child(args)
+    unknown = sorted(set(args.sides.split(",")) - set(SIDES))
+    if unknown:
+        parser.error(f"--sides: unknown {', '.join(unknown)}; choose from {', '.join(SIDES)}")
     with tempfile.TemporaryDirectory() as tmp:
         args.tree = find_tree(args.data, Path(tmp))
         print(f"data {args.tree}  device {args.device}  batch {args.batch}  timed steps {args.steps}  "
@@ -194,10 +200,11 @@ def main() -> None:
         print(f"{'run':40} {'images/s':>10} {'peak MB':>9} {'precision':>9} {'vs ref':>9}")
         for mode in args.modes.split(","):
             label = f"{args.teacher} training" if mode == "teacher" else f"{args.teacher}->{args.student} KD"
-            sides = [s for s in SIDES if mode == "distill" or s != "engine+cache"]
+            sides = [s for s in args.sides.split(",") if mode == "distill" or s != "engine+cache"]
             rows = {side: measure(args, side, mode) for side in sides}
             for side, row in rows.items():
-                ratio = row["images_per_second"] / rows["reference"]["images_per_second"]
+                ref = rows.get("reference", row)
+                ratio = row["images_per_second"] / ref["images_per_second"]
                 cache = f"   (teacher cache built once in {row['cache_seconds']:.1f}s)" if row.get("cache_seconds") else ""
                 print(f"{label + ' ' + side:40} {row['images_per_second']:10.1f} {row['peak_memory_mb']:9.0f} "
                       f"{row['precision']:>9} {ratio:9.2f}x{cache}")

@@ -74,6 +74,10 @@ class TrainConfig(Section):
     channels_last: bool = True
     num_threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = all cores")
     deterministic: bool = True
+    teacher_chunk: int = Field(
+        0, ge=0, description="logits-only methods: run the teacher on chunks of this many images; 0 = auto "
+        "(32 on CPUs, where a chunk's activations stay in cache; whole batches on GPUs)"
+    )
     nproc_per_node: int = Field(
         1, ge=1, description="DDP processes on this machine: the training stages re-launch under torchrun"
     )

@@ -4,8 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kdpipe.config import StudentDistillConfig
 from kdpipe.methods import METHODS, build_method
 from kdpipe.methods.kd import kd_divergence, kd_loss
+from kdpipe.models.registry import build_model
 
 
 def hand_kd(s, t, temperature):
@@ -89,3 +91,17 @@ def test_kd_method_needs_teacher_and_keeps_it_out_of_parameters():
 def test_registry_has_baseline_and_kd():
     assert {"none", "kd"} <= set(METHODS)
     assert not METHODS["none"].needs_teacher
+
+
+def test_teacher_runs_in_chunks_with_the_same_logits():
+    torch.manual_seed(0)
+    teacher = build_model("resnet18", 10, 1, 8).eval()
+    calls = []
+    teacher.register_forward_pre_hook(lambda _, args: calls.append(len(args[0])))
+    method = build_method("kd", build_model("resnet18", 10, 1, 8), teacher, StudentDistillConfig(method="kd"))
+    x = torch.randn(8, 1, 8, 8)
+    whole = method.teacher_logits(x)
+    method.teacher_chunk = 3
+    chunked = method.teacher_logits(x)
+    assert calls == [8, 3, 3, 2]
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)  # eval mode: per-image results

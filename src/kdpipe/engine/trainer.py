@@ -107,6 +107,7 @@ def fit(
         method.to(memory_format=torch.channels_last)
         if method.teacher is not None:
             method.teacher.to(memory_format=torch.channels_last)
+    method.teacher_chunk = train_cfg.teacher_chunk or (32 if device.type == "cpu" else 0)
     transform = BatchTransform(data.meta, device, train_cfg.channels_last)
     train, val = data["train"], data["val"]
     batch_size = min(train_cfg.batch_size, len(train))

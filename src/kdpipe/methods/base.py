@@ -76,6 +76,10 @@ class Method(nn.Module):
         self.setup()
 
     teacher: nn.Module | None
+    # Logits-only methods run the teacher on chunks of this many images (0: whole batches); set by
+    # the trainer from ``train.teacher_chunk``. In eval mode each image's logits do not depend on
+    # its chunk, and on CPUs a small chunk's activations stay in cache.
+    teacher_chunk: int = 0
 
     def setup(self) -> None:
         """Build the method's own parts (peers, heads, taps): override instead of ``__init__``."""
@@ -108,6 +112,8 @@ class Method(nn.Module):
         if cached is not None:
             return cached
         with torch.no_grad():
+            if self.logits_only and 0 < self.teacher_chunk < len(x):
+                return torch.cat([self.teacher(part) for part in x.split(self.teacher_chunk)])
             return self.teacher(x)
 
     def cross_entropy(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
