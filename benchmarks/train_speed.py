@@ -18,8 +18,10 @@ train/<class>/ images) at the same batch size, side by side in one run, each in 
 
 Images per second come from median times after a warm-up, as this machine's speed drifts: the
 engine's median epoch (epochs 2 and 3 over the same ``--steps`` batches, each with a 256-image
-validation), the reference's median step (2 x ``--steps`` steps after ``--warmup``). Printed: images/s for teacher training
-(cross-entropy) and for distillation (KD), the ratios, and each process's peak memory.
+validation), the reference's median step (2 x ``--steps`` steps after ``--warmup``). With
+``--rounds R`` every side runs R times, the sides interleaved, and the median over rounds is
+reported (with each round's figure). Printed: images/s for teacher training (cross-entropy) and
+for distillation (KD), the ratios, and each process's peak memory.
 """
 
 from __future__ import annotations
@@ -181,6 +183,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="reference DataLoader workers")
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--modes", default="teacher,distill")
+    parser.add_argument("--rounds", type=int, default=1, help="run every side this many times, interleaved; report medians")
     parser.add_argument("--sides", default=",".join(SIDES), help="which sides to run (the ratio needs reference)")
     parser.add_argument("--teacher-chunk", type=int, default=0, help="engine: train.teacher_chunk (0 = auto)")
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
@@ -201,13 +204,28 @@ def main() -> None:
         for mode in args.modes.split(","):
             label = f"{args.teacher} training" if mode == "teacher" else f"{args.teacher}->{args.student} KD"
             sides = [s for s in args.sides.split(",") if mode == "distill" or s != "engine+cache"]
-            rows = {side: measure(args, side, mode) for side in sides}
+            # rounds interleave the sides, so a drift of the machine's speed hits all of them
+            runs = {side: [] for side in sides}
+            for _ in range(args.rounds):
+                for side in sides:
+                    runs[side].append(measure(args, side, mode))
+            rows = {side: summarise(r) for side, r in runs.items()}
             for side, row in rows.items():
                 ref = rows.get("reference", row)
                 ratio = row["images_per_second"] / ref["images_per_second"]
-                cache = f"   (teacher cache built once in {row['cache_seconds']:.1f}s)" if row.get("cache_seconds") else ""
+                notes = f"   (rounds: {', '.join(f'{v:.1f}' for v in row['rounds'])})" if args.rounds > 1 else ""
+                if row.get("cache_seconds"):
+                    notes += f"   (teacher cache built once in {row['cache_seconds']:.1f}s)"
                 print(f"{label + ' ' + side:40} {row['images_per_second']:10.1f} {row['peak_memory_mb']:9.0f} "
-                      f"{row['precision']:>9} {ratio:9.2f}x{cache}")
+                      f"{row['precision']:>9} {ratio:9.2f}x{notes}")
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Median images/s over the rounds, the largest peak memory."""
+    speeds = [r["images_per_second"] for r in runs]
+    return {**runs[0], "images_per_second": statistics.median(speeds), "rounds": speeds,
+            "peak_memory_mb": max(r["peak_memory_mb"] for r in runs),
+            "cache_seconds": statistics.median(r.get("cache_seconds") or 0.0 for r in runs)}
 
 
 def _cuda() -> bool:

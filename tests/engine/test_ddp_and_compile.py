@@ -10,11 +10,12 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from conftest import kill_when, make_workspace, run, start, write_params
-from kdpipe.config import DistillConfig, RoleConfig, TrainConfig
+from kdpipe.config import DistillConfig, RoleConfig, StudentDistillConfig, TrainConfig
 from kdpipe.data.prepared import PreparedData, PreparedMeta, Split
 from kdpipe.engine.runtime import setup_runtime
 from kdpipe.engine.trainer import fit
-from kdpipe.methods import build_method
+from kdpipe.methods import MethodContext, build_method
+from kdpipe.models.registry import build_model
 
 
 def _data() -> PreparedData:
@@ -63,6 +64,33 @@ def test_sharded_batches_and_averaged_gradients_equal_one_process(tmp_path):
 
 
 @pytest.mark.integration
+def _crd_worker(rank: int, world: int, port: int, out: str) -> None:
+    """One epoch of crd under DDP; each rank saves its memory banks before and after."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
+    train_cfg = TrainConfig(batch_size=32, precision="fp32", channels_last=False, num_threads=1)
+    runtime = setup_runtime(train_cfg, seed=7)
+    data = _data()
+    context = MethodContext(input_shape=(1, 8, 8), student_arch="resnet18", teacher_arch="resnet18",
+                            num_train=len(data["train"]))
+    student, teacher = build_model("resnet18", 4, 1, 8), build_model("resnet18", 4, 1, 8)
+    method = build_method("crd", student, teacher, StudentDistillConfig(method="crd"), 0.0, context)
+    before = method.memory_s.clone()
+    fit(method, RoleConfig(arch="resnet18", epochs=1, lr=0.01), train_cfg, data, runtime, seed=7)
+    torch.save({"before": before, "s": method.memory_s, "t": method.memory_t}, f"{out}.{rank}")
+    torch.distributed.destroy_process_group()
+
+
+def test_crd_banks_see_the_whole_global_batch_under_ddp(tmp_path):
+    mp.spawn(_crd_worker, args=(2, _free_port(), str(tmp_path / "banks")), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"banks.{r}") for r in range(2)]
+    assert torch.equal(ranks[0]["before"], ranks[1]["before"])  # same seed: same initial banks
+    # one epoch visits all 256 images, half of them on each rank: every row moved on both ranks
+    for banks in ranks:
+        assert (banks["s"] != banks["before"]).any(dim=1).all()
+    assert torch.equal(ranks[0]["s"], ranks[1]["s"]) and torch.equal(ranks[0]["t"], ranks[1]["t"])
+
+
 def test_torchrun_stage_with_two_processes(tmp_path):
     """`train.nproc_per_node: 2` re-launches the stage under torchrun; rank 0 writes the outputs."""
     ws = make_workspace(tmp_path / "ws")
