@@ -63,7 +63,6 @@ def test_sharded_batches_and_averaged_gradients_equal_one_process(tmp_path):
         torch.testing.assert_close(ddp["state"][key], value, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.integration
 def _crd_worker(rank: int, world: int, port: int, out: str) -> None:
     """One epoch of crd under DDP; each rank saves its memory banks before and after."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
@@ -91,6 +90,7 @@ def test_crd_banks_see_the_whole_global_batch_under_ddp(tmp_path):
     assert torch.equal(ranks[0]["s"], ranks[1]["s"]) and torch.equal(ranks[0]["t"], ranks[1]["t"])
 
 
+@pytest.mark.integration
 def test_torchrun_stage_with_two_processes(tmp_path):
     """`train.nproc_per_node: 2` re-launches the stage under torchrun; rank 0 writes the outputs."""
     ws = make_workspace(tmp_path / "ws")

@@ -42,10 +42,12 @@ def run_fit(checkpoints=None, logger=None, method="cosine"):
     cfg = TrainConfig(batch_size=32, device="cpu", augment=AugmentConfig(crop_padding=1, cutout=3))
     runtime = setup_runtime(cfg, seed=3)
     student, teacher = build_model("resnet18", 2, 1, 8), build_model("mobilenet_v2", 2, 1, 8)
-    ctx = MethodContext(input_shape=(1, 8, 8), student_arch="resnet18", teacher_arch="mobilenet_v2")
+    data = toy_data()
+    ctx = MethodContext(input_shape=(1, 8, 8), student_arch="resnet18", teacher_arch="mobilenet_v2",
+                        num_train=len(data["train"]))
     m = build_method(method, student, teacher.eval(), DistillConfig(method=method), 0.0, ctx)
     role = RoleConfig(arch="resnet18", epochs=EPOCHS, lr=0.01, optimizer="adamw")
-    result = fit(m, role, cfg, toy_data(), runtime, seed=3, logger=logger, checkpoints=checkpoints)
+    result = fit(m, role, cfg, data, runtime, seed=3, logger=logger, checkpoints=checkpoints)
     return m, result
 
 
@@ -87,6 +89,17 @@ def test_interrupted_fit_resumes_to_the_same_result(tmp_path, uninterrupted, cap
     assert logger.logged == [1, 2, 3, 4]  # the saved epochs are logged again, then the new ones
     # two kept; none after the last epoch (the stage writes the model itself then)
     assert sorted(p.name for p in ckpt.dir.glob("epoch-*.pt")) == ["epoch-0002.pt", "epoch-0003.pt"]
+
+
+def test_crd_resumes_with_its_memory_banks_and_negatives(tmp_path, caplog):
+    # crd's banks are buffers and its negatives come from the global RNG: both must come back
+    straight = run_fit(method="crd")
+    with pytest.raises(Interrupt):
+        run_fit(EpochCheckpoints(tmp_path / "state", run_id="run"), StopAt(3), method="crd")
+    caplog.set_level("INFO", logger="kdpipe")
+    resumed = run_fit(EpochCheckpoints(tmp_path / "state", run_id="run"), method="crd")
+    assert "resuming from" in caplog.text
+    same_run(straight, resumed)  # (compares the method's state: heads and both banks)
 
 
 def test_corrupted_latest_state_falls_back_to_the_previous_epoch(tmp_path, uninterrupted, caplog):

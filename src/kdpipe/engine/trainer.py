@@ -284,7 +284,10 @@ def distribute(
         method.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method.student)
     device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
     # find_unused_parameters: some methods leave parts idle in some epochs (fitnets' hint stage)
-    ddp = torch.nn.parallel.DistributedDataParallel(method, device_ids=device_ids, find_unused_parameters=True)
+    DDP = torch.nn.parallel.DistributedDataParallel
+    if method.ddp_local_buffers:
+        DDP._set_params_and_buffers_to_ignore_for_model(method, list(method.ddp_local_buffers))
+    ddp = DDP(method, device_ids=device_ids, find_unused_parameters=True)
     per_rank = batch_size // world
     return ddp, slice(rank * per_rank, (rank + 1) * per_rank)
 

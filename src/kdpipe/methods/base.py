@@ -50,6 +50,8 @@ class Method(nn.Module):
     logits_only: ClassVar[bool] = False
     # Per-sample state (crd's memory banks): the trainer passes each batch's training-set indices.
     needs_indices: ClassVar[bool] = False
+    # Buffers DDP must not broadcast from rank 0 at every step (large, and kept in step otherwise).
+    ddp_local_buffers: ClassVar[tuple[str, ...]] = ()
     # Schema of the method's own settings under ``distill.<name>`` (None: it has none).
     Params: ClassVar[type[BaseModel] | None] = None
 

@@ -33,7 +33,9 @@ from kdpipe.methods.feature_base import FeatureMethod, FeatureParams
 class CRDParams(FeatureParams):
     weight: float = Field(0.8, ge=0, description="beta, the weight of the contrastive term (paper: 0.8)")
     feat_dim: int = Field(128, ge=1, description="width of the contrastive embedding")
-    negatives: int = Field(4096, ge=1, description="negatives per step (capped at the training-set size - 1)")
+    negatives: int = Field(
+        4096, ge=1, description="negatives per step, drawn uniformly with replacement as in RepDistiller (at most N - 1)"
+    )
     nce_temperature: float = Field(0.07, gt=0)
     momentum: float = Field(0.5, ge=0, lt=1, description="memory bank update: m * old + (1 - m) * new")
 
@@ -57,6 +59,7 @@ def _gathered(v: torch.Tensor) -> torch.Tensor:
 class ContrastiveRD(FeatureMethod):
     uses_embedding = True
     needs_indices = True
+    ddp_local_buffers = ("memory_s", "memory_t")  # kept equal by the all-gather, not by broadcasts
     Params = CRDParams
 
     def build_parts(self):
@@ -77,7 +80,7 @@ class ContrastiveRD(FeatureMethod):
         if idx is None:
             raise RuntimeError("crd: no sample indices for this batch (call give_indices before the forward)")
         p = self.params
-        with torch.autocast(idx.device.type, enabled=False):  # unit vectors over τ = 0.07: keep fp32
+        with torch.autocast(self.memory_s.device.type, enabled=False):  # unit vectors over τ = 0.07: keep fp32
             s = F.normalize(self.embed_s(self.s_tap.embedding().float()), dim=1)
             t = F.normalize(self.embed_t(self.t_tap.embedding().float()), dim=1)
             n = len(self.memory_s)
