@@ -36,7 +36,7 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 600) -> su
 def start(cmd: list[str], ws: Path) -> subprocess.Popen:
     # own process group: SIGKILL takes DVC and the stage's Python together, like a crash
     # output to a file: a pipe nobody reads would block a chatty child before the kill point
-    log = tempfile.TemporaryFile(mode="w+")
+    log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (lives with proc; freed when the test drops it)
     proc = subprocess.Popen(cmd, cwd=ws, env=tool_env(), stdout=log, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     proc.log = log

@@ -23,6 +23,15 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+def lookup(raw: Any, dotted: str) -> Any:
+    """``raw["a"]["b"]`` for ``"a.b"`` in a raw (unvalidated) params tree; KeyError when absent."""
+    for part in dotted.split("."):
+        if not isinstance(raw, dict) or part not in raw:
+            raise KeyError(dotted)
+        raw = raw[part]
+    return raw
+
+
 def one_of(kind: str, value: str, allowed: list[str]) -> str:
     if value not in allowed:
         close = difflib.get_close_matches(value, allowed, n=1)

@@ -14,24 +14,16 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
 
-from kdpipe.config import Params, load_params
+from kdpipe.config import Params, load_params, lookup
 from kdpipe.distributed import die_with_launcher, is_main_process
 from kdpipe.errors import KdpipeError
 
 DVC_FILE = "dvc.yaml"
 log = logging.getLogger("kdpipe")
-
-
-def _lookup(raw: dict[str, Any], dotted: str) -> Any:
-    node: Any = raw
-    for part in dotted.split("."):
-        node = node[part]
-    return node
 
 
 def declared_outputs(stage: str, dvc_file: str | Path = DVC_FILE, params_file: str | Path = "params.yaml") -> list[Path]:
@@ -49,7 +41,7 @@ def declared_outputs(stage: str, dvc_file: str | Path = DVC_FILE, params_file: s
             if (opts or {}).get("persist"):
                 continue
             try:
-                path = re.sub(r"\$\{([^}]+)\}", lambda m: str(_lookup(raw_params, m.group(1).strip())), path)
+                path = re.sub(r"\$\{([^}]+)\}", lambda m: str(lookup(raw_params, m.group(1).strip())), path)
             except (KeyError, TypeError):
                 continue
             paths.append(Path(path))

@@ -32,6 +32,8 @@ from typing import Any
 
 import yaml
 
+from kdpipe.config import lookup
+
 DEFAULT_PIPELINE = "dvc.yaml"
 FIX = "run `dvc repro` (and `dvc repro compare/dvc.yaml` for the method comparison), then commit dvc.lock and metrics"
 # Time-like metrics differ from run to run and machine to machine: never compared.
@@ -162,20 +164,16 @@ def inconsistent_links(locks: dict[str, dict]) -> dict[str, list[str]]:
     return found
 
 
-def _lookup(tree: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(tree, dict) or part not in tree:
-            return None
-        tree = tree[part]
-    return tree
-
-
 def param_changes(locked: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Leaf-level differences between a stage's params in dvc.lock (``{"distill": {...}}`` or
     ``{"train.eval_batch_size": 512}``) and the current params file."""
     changes = []
     for key, value in locked.items():
-        old, new = flatten(value, key), flatten(_lookup(current, key), key)
+        try:
+            now = lookup(current, key)
+        except KeyError:
+            now = None
+        old, new = flatten(value, key), flatten(now, key)
         for leaf in sorted(set(old) | set(new)):
             if leaf not in new:
                 changes.append(f"{leaf} (removed)")

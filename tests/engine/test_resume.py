@@ -59,7 +59,7 @@ def same_run(a, b):
         assert torch.equal(sa[k], sb[k]), k
     for k in ra.last_state:
         assert torch.equal(ra.last_state[k], rb.last_state[k]), k
-    strip = lambda h: [{k: v for k, v in e.items() if k != "epoch_seconds"} for e in h]  # noqa: E731
+    strip = lambda h: [{k: v for k, v in e.items() if k != "epoch_seconds"} for e in h]
     assert strip(ra.history) == strip(rb.history)
     assert (ra.best_epoch, ra.best_val_accuracy, ra.best_val_loss) == (rb.best_epoch, rb.best_val_accuracy, rb.best_val_loss)
 

@@ -40,7 +40,10 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def code_digest(package_dir: str | Path = Path(__file__).resolve().parents[1]) -> str:
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def code_digest(package_dir: str | Path = PACKAGE_DIR) -> str:
     """The kdpipe sources: state saved by other code is not resumed."""
     digest = hashlib.sha256()
     for path in sorted(Path(package_dir).rglob("*.py")):
