@@ -20,7 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from kdpipe.methods.kd import kd_loss
+from kdpipe.config import DistillConfig
+from kdpipe.engine.compile import compiled
+from kdpipe.methods import build_method
 from kdpipe.models.registry import build_model
 
 
@@ -37,37 +39,36 @@ def main() -> None:
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(True)
     cl = torch.channels_last
-    student = build_model("resnet18", 10, 3, 32).to(memory_format=cl).train()
-    teacher = build_model("resnet50", 10, 3, 32).to(memory_format=cl).eval().requires_grad_(False)
-    if not args.eager:  # as train.compile does it
-        student.forward = torch.compile(student.forward, dynamic=False)
-        teacher = torch.compile(teacher, dynamic=False, options={"freezing": True})
+    student = build_model("resnet18", 10, 3, 32).to(memory_format=cl)
+    teacher = build_model("resnet50", 10, 3, 32).to(memory_format=cl)
+    # the engine's own pieces: the kd method (its chunked teacher_logits) and train.compile's compilation
+    method = build_method("kd", student, teacher, DistillConfig(method="kd", temperature=4.0, alpha=0.9)).train()
     opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     x = torch.randn(args.batch, 3, 32, 32).to(memory_format=cl)
     y = torch.randint(0, 10, (args.batch,))
 
     def step(chunk: int, fill: bool) -> None:
         torch.utils.deterministic.fill_uninitialized_memory = fill
+        method.teacher_chunk = chunk
         with torch.autocast("cpu", torch.bfloat16):
-            with torch.no_grad():
-                t = torch.cat([teacher(part) for part in x.split(chunk)])
-            loss = kd_loss(student(x), t, y, 4.0, 0.9)[0]
+            loss = method(x, y)[1]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
     fills = {"on": [True], "off": [False], "both": [True, False]}[args.fill]
     variants = [(int(c), f) for c in args.chunks.split(",") for f in fills]
-    for v in variants:  # warm-up (and compilation) outside the timing
-        step(*v)
-        step(*v)
     seconds: dict[tuple[int, bool], list[float]] = {v: [] for v in variants}
-    for _ in range(args.rounds):
-        for v in variants:
-            start = time.perf_counter()
+    with compiled(method, not args.eager):
+        for v in variants:  # warm-up (and compilation) outside the timing
             step(*v)
             step(*v)
-            seconds[v].append((time.perf_counter() - start) / 2)
+        for _ in range(args.rounds):
+            for v in variants:
+                start = time.perf_counter()
+                step(*v)
+                step(*v)
+                seconds[v].append((time.perf_counter() - start) / 2)
     mode = "eager" if args.eager else "compiled"
     for (chunk, fill), times in seconds.items():
         rounds = ", ".join(f"{args.batch / s:.0f}" for s in times)

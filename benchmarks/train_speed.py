@@ -211,13 +211,13 @@ def main() -> None:
                     runs[side].append(measure(args, side, mode))
             rows = {side: summarise(r) for side, r in runs.items()}
             for side, row in rows.items():
-                ref = rows.get("reference", row)
-                ratio = row["images_per_second"] / ref["images_per_second"]
+                ref = rows.get("reference")  # (without it, no ratio)
+                ratio = f"{row['images_per_second'] / ref['images_per_second']:9.2f}x" if ref else f"{'—':>10}"
                 notes = f"   (rounds: {', '.join(f'{v:.1f}' for v in row['rounds'])})" if args.rounds > 1 else ""
                 if row.get("cache_seconds"):
                     notes += f"   (teacher cache built once in {row['cache_seconds']:.1f}s)"
                 print(f"{label + ' ' + side:40} {row['images_per_second']:10.1f} {row['peak_memory_mb']:9.0f} "
-                      f"{row['precision']:>9} {ratio:9.2f}x{notes}")
+                      f"{row['precision']:>9} {ratio}{notes}")
 
 
 def summarise(runs: list[dict]) -> dict:
