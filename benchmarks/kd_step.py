@@ -1,9 +1,11 @@
 """One ResNet-50 -> ResNet-18 KD training step on random 32x32 images, variants interleaved in one
-process (so the machine's drift hits all of them alike): teacher chunk sizes, and PyTorch's
-deterministic NaN-filling of new tensors on and off (the flag is read at every allocation).
+process (so the machine's drift hits all of them alike): teacher chunk sizes, PyTorch's
+deterministic NaN-filling of new tensors on and off (the flag is read at every allocation), and
+the engine's CPU path for 3x3 convolutions on 4x4 maps (``kdpipe.engine.small_conv``) on and off.
 
-    python benchmarks/kd_step.py                       # compiled; chunks 128 (whole batch) and 32; fill on and off
-    python benchmarks/kd_step.py --eager --chunks 128,64,32,16 --fill off
+    python benchmarks/kd_step.py                       # compiled; chunk 32, fill off; small-conv GEMM on and off
+    python benchmarks/kd_step.py --eager --chunks 128,32 --fill both --gemm on
+    python benchmarks/kd_step.py --teacher-only        # the teacher's forward alone: eager bf16 vs frozen compiled
 
 Prints images/s per variant: the median over ``--rounds`` rounds of two steps each, and every round.
 """
@@ -21,19 +23,24 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from kdpipe.config import DistillConfig
-from kdpipe.engine.compile import compiled
+from kdpipe.engine.compile import FrozenTeacher, compiled
+from kdpipe.engine.small_conv import small_convs_as_gemm
 from kdpipe.methods import build_method
 from kdpipe.models.registry import build_model
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--chunks", default="128,32", help="teacher chunk sizes to compare")
+    parser.add_argument("--chunks", default="32", help="teacher chunk sizes to compare")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--eager", action="store_true", help="no torch.compile")
-    parser.add_argument("--fill", choices=["on", "off", "both"], default="both",
-                        help="deterministic NaN-filling of new tensors (on: PyTorch's default, the old engine)")
+    parser.add_argument("--teacher-only", action="store_true",
+                        help="time the teacher's logits alone, eager and as train.compile freezes it, per chunk size")
+    parser.add_argument("--fill", choices=["on", "off", "both"], default="off",
+                        help="deterministic NaN-filling of new tensors (on: PyTorch's default; the engine: off)")
+    parser.add_argument("--gemm", choices=["on", "off", "both"], default="both",
+                        help="3x3 convs on 4x4 maps as im2col + GEMM (the engine on CPUs: on)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -47,18 +54,22 @@ def main() -> None:
     x = torch.randn(args.batch, 3, 32, 32).to(memory_format=cl)
     y = torch.randint(0, 10, (args.batch,))
 
-    def step(chunk: int, fill: bool) -> None:
+    def step(chunk: int, fill: bool, gemm: bool) -> None:
         torch.utils.deterministic.fill_uninitialized_memory = fill
         method.teacher_chunk = chunk
-        with torch.autocast("cpu", torch.bfloat16):
-            loss = method(x, y)[1]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        with small_convs_as_gemm(method.modules(), gemm):
+            with torch.autocast("cpu", torch.bfloat16):
+                loss = method(x, y)[1]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
 
-    fills = {"on": [True], "off": [False], "both": [True, False]}[args.fill]
-    variants = [(int(c), f) for c in args.chunks.split(",") for f in fills]
-    seconds: dict[tuple[int, bool], list[float]] = {v: [] for v in variants}
+    if args.teacher_only:
+        return teacher_only(method, x, [int(c) for c in args.chunks.split(",")], args.rounds)
+
+    choice = {"on": [True], "off": [False], "both": [True, False]}
+    variants = [(int(c), f, g) for c in args.chunks.split(",") for f in choice[args.fill] for g in choice[args.gemm]]
+    seconds: dict[tuple[int, bool, bool], list[float]] = {v: [] for v in variants}
     with compiled(method, not args.eager):
         for v in variants:  # warm-up (and compilation) outside the timing
             step(*v)
@@ -70,10 +81,40 @@ def main() -> None:
                 step(*v)
                 seconds[v].append((time.perf_counter() - start) / 2)
     mode = "eager" if args.eager else "compiled"
-    for (chunk, fill), times in seconds.items():
+    for (chunk, fill, gemm), times in seconds.items():
         rounds = ", ".join(f"{args.batch / s:.0f}" for s in times)
-        print(f"{mode} KD step, teacher chunk {chunk:4d}, NaN-fill {'on ' if fill else 'off'}: "
+        print(f"{mode} KD step, teacher chunk {chunk:4d}, NaN-fill {'on ' if fill else 'off'}, "
+              f"small-conv GEMM {'on ' if gemm else 'off'}: "
               f"{args.batch / statistics.median(times):6.1f} images/s   (rounds: {rounds})")
+
+
+def teacher_only(method, x: torch.Tensor, chunks: list[int], rounds: int) -> None:
+    """The teacher's forward as a KD step runs it: eager under bf16 autocast, and frozen as
+    ``train.compile`` compiles it (BatchNorm folded, weights prepacked), variants interleaved."""
+    eager = method.teacher
+    frozen = FrozenTeacher(eager).eval()
+    variants = [(name, c) for name in ("eager", "frozen") for c in chunks]
+    seconds: dict[tuple[str, int], list[float]] = {v: [] for v in variants}
+
+    def forward(name: str, chunk: int) -> None:
+        method.__dict__["teacher"] = eager if name == "eager" else frozen
+        method.teacher_chunk = chunk
+        with torch.autocast("cpu", torch.bfloat16):
+            method.teacher_logits(x)
+
+    for v in variants:  # warm-up (and compilation) outside the timing
+        forward(*v)
+        forward(*v)
+    for _ in range(rounds):
+        for v in variants:
+            start = time.perf_counter()
+            forward(*v)
+            forward(*v)
+            seconds[v].append((time.perf_counter() - start) / 2)
+    for (name, chunk), times in seconds.items():
+        rounds_text = ", ".join(f"{len(x) / s:.0f}" for s in times)
+        print(f"teacher forward, {name:6s}, chunk {chunk:4d}: {len(x) / statistics.median(times):6.1f} images/s"
+              f"   (rounds: {rounds_text})")
 
 
 if __name__ == "__main__":

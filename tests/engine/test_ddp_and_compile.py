@@ -12,6 +12,7 @@ from torch import nn
 from conftest import kill_when, make_workspace, run, start, write_params
 from kdpipe.config import DistillConfig, RoleConfig, StudentDistillConfig, TrainConfig
 from kdpipe.data.prepared import PreparedData, PreparedMeta, Split
+from kdpipe.engine.compile import compiled
 from kdpipe.engine.runtime import setup_runtime
 from kdpipe.engine.trainer import fit
 from kdpipe.methods import MethodContext, build_method
@@ -94,7 +95,7 @@ def test_crd_banks_see_the_whole_global_batch_under_ddp(tmp_path):
 def test_torchrun_stage_with_two_processes(tmp_path):
     """`train.nproc_per_node: 2` re-launches the stage under torchrun; rank 0 writes the outputs."""
     ws = make_workspace(tmp_path / "ws")
-    overrides = {"teacher.epochs": 3, "train.batch_size": 128, "data.max_train_samples": None}
+    overrides = {"teacher.epochs": 5, "train.batch_size": 128, "data.max_train_samples": None}
     write_params(ws, **overrides)
     run(["dvc", "repro", "prepare"], ws)
     run(["python", "src/train_teacher.py"], ws)
@@ -105,11 +106,12 @@ def test_torchrun_stage_with_two_processes(tmp_path):
     ddp = json.loads((ws / "metrics/train_teacher.json").read_text())
     assert "DDP rank 0 of 2" in proc.stderr, proc.stderr
     assert "DDP rank 1" not in proc.stderr  # the other rank stays quiet
-    assert (ws / "models/teacher.pt").is_file() and ddp["epochs"] == 3
+    assert (ws / "models/teacher.pt").is_file() and ddp["epochs"] == 5
     # Same data order, augmentation and global batch; BatchNorm differs (each CPU process
-    # normalises its 64-image shard: there is no SyncBatchNorm on CPUs), so only close.
-    assert abs(ddp["best_val_accuracy"] - single["best_val_accuracy"]) <= 0.1, (single, ddp)
-    assert ddp["best_val_accuracy"] > 0.3  # well above the 10% of chance after 3 short epochs
+    # normalises its 64-image shard: there is no SyncBatchNorm on CPUs), so only close. Five
+    # epochs: after three (about 0.6), that small difference moved accuracy by over 0.1.
+    assert abs(ddp["best_val_accuracy"] - single["best_val_accuracy"]) <= 0.05, (single, ddp)
+    assert ddp["best_val_accuracy"] > 0.8, ddp
 
     # killed once epoch 2's state is saved (by rank 0), run again: every rank resumes from it
     # and the result is the uninterrupted DDP run's, byte for byte
@@ -128,14 +130,14 @@ def test_compiled_training_step_matches_eager(name):
     """train.compile: compiled steps (and a frozen compiled teacher) train the same parameters."""
     data = _data()
     losses = {}
-    for compiled in (False, True):
-        train_cfg = TrainConfig(batch_size=32, precision="fp32", channels_last=False, compile=compiled)
+    for compile_ in (False, True):
+        train_cfg = TrainConfig(batch_size=32, precision="fp32", channels_last=False, compile=compile_)
         role = RoleConfig(arch="resnet18", epochs=1, optimizer="adamw", lr=0.01, weight_decay=0.0)
         torch.manual_seed(0)
         teacher = _net().eval() if name == "kd" else None
         method = build_method(name, _net(), teacher, DistillConfig(method=name))
         result = fit(method, role, train_cfg, data, setup_runtime(train_cfg, seed=3), seed=3)
-        losses[compiled] = (result.history[0]["train/loss"], method.student.state_dict())
+        losses[compile_] = (result.history[0]["train/loss"], method.student.state_dict())
     assert losses[True][0] == pytest.approx(losses[False][0], rel=1e-4)
     for key, value in losses[False][1].items():
         torch.testing.assert_close(losses[True][1][key], value, rtol=1e-3, atol=1e-4)
@@ -163,3 +165,21 @@ def test_cache_refused_for_feature_methods():
     with pytest.raises(ValueError, match="cache_views: method 'at' reads the teacher's features"):
         StudentDistillConfig(method="at", cache_views=2)
     assert StudentDistillConfig(method="dkd", cache_views=2).cache_views == 2
+
+
+def test_compiled_teacher_is_frozen():
+    """train.compile freezes the teacher: BatchNorm folded into constant weights, so a change to
+    the module's own weights after compilation no longer reaches its outputs (an unfrozen graph
+    reads the parameters at every call). Guards against the freezing flag being ignored."""
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                            nn.Flatten(), nn.Linear(8, 4)).eval()
+    method = build_method("kd", _net(), teacher, DistillConfig(method="kd"))
+    x = torch.randn(4, 1, 8, 8)
+    with compiled(method, True), torch.no_grad():
+        before = method.teacher_logits(x)
+        teacher[0].weight.zero_()
+        assert torch.equal(method.teacher_logits(x), before)
+        eager = teacher(x)
+    assert not torch.allclose(eager, before)  # the module itself did change
+    assert method.teacher is teacher  # restored after the block

@@ -22,6 +22,7 @@ from kdpipe.engine.inference import predict_logits
 from kdpipe.engine.optim import build_optimizer, build_scheduler
 from kdpipe.engine.resume import EpochCheckpoints, rng_state, set_rng_state
 from kdpipe.engine.runtime import Runtime
+from kdpipe.engine.small_conv import small_convs_as_gemm
 from kdpipe.engine.teacher_cache import build_teacher_cache
 from kdpipe.errors import KdpipeError
 from kdpipe.methods.base import Method
@@ -148,8 +149,10 @@ def fit(
             if logger is not None:
                 logger.log_epoch(done, values)
     start = time.perf_counter()
-    compilation = contextlib.ExitStack()
-    compilation.enter_context(compiled(method, train_cfg.compile))
+    fast_paths = contextlib.ExitStack()
+    # the trained networks only (the teacher is outside the method's module tree)
+    fast_paths.enter_context(small_convs_as_gemm(method.modules(), device.type == "cpu"))
+    fast_paths.enter_context(compiled(method, train_cfg.compile))
     for epoch in range(first_epoch, role.epochs + 1):
         epoch_start = time.perf_counter()
         method.set_progress(epoch, role.epochs)
@@ -226,7 +229,7 @@ def fit(
                 "best": list(best), "best_epoch": best_epoch, "best_state": best_state, "history": history,
                 "seen": seen, "seconds": prior_seconds + time.perf_counter() - start,
             })
-    compilation.close()  # (on an exception the compiled forward dies with the method)
+    fast_paths.close()  # (on an exception the shadowed forwards die with the method)
     seconds = prior_seconds + time.perf_counter() - start
     assert best_state is not None
     last_state = {k: v.detach().cpu().clone() for k, v in method.student.state_dict().items()}
