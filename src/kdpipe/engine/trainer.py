@@ -3,7 +3,6 @@ best-on-validation selection (never test), and per-epoch logging."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
@@ -149,87 +148,84 @@ def fit(
             if logger is not None:
                 logger.log_epoch(done, values)
     start = time.perf_counter()
-    fast_paths = contextlib.ExitStack()
-    # the trained networks only (the teacher is outside the method's module tree)
-    fast_paths.enter_context(small_convs_as_gemm(method.modules(), device.type == "cpu"))
-    fast_paths.enter_context(compiled(method, train_cfg.compile))
-    for epoch in range(first_epoch, role.epochs + 1):
-        epoch_start = time.perf_counter()
-        method.set_progress(epoch, role.epochs)
-        method.train()
-        sums = {"loss": torch.zeros((), device=device), "correct": torch.zeros((), device=device)}
-        terms_sum: dict[str, torch.Tensor] = {}
-        count = 0
-        watch = NonFiniteWatch(device)
-        lr = optimizer.param_groups[0]["lr"]
-        bar = tqdm(
-            batch_indices(len(train), batch_size, shuffle=True, generator=shuffle_gen, drop_last=True),
-            total=steps, desc=f"{desc} {epoch}/{role.epochs}", leave=False,
-            disable=None if runtime.is_main else True,  # quiet off a terminal and on other ranks
-        )
-        for step, idx in enumerate(bar):
-            y = train.labels[idx].to(device, non_blocking=True)[shard]
-            if cache is None:
-                # every rank augments the whole global batch (same generator) and keeps its
-                # shard, so the images seen are those of a single-process run
-                x = transform(train.images[idx], train_cfg.augment, aug_gen)[shard]
-            else:
-                k = cache.view(epoch)
-                x = transform(cache.views[k][idx[shard]])
-                method.__dict__["cached_teacher_logits"] = cache.logits[k][idx[shard]].to(device, non_blocking=True)
-            if method.needs_indices:
-                method.give_indices(idx[shard].to(device, non_blocking=True))
-            with runtime.autocast():
-                logits, loss, terms = model(x, y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            watch.update(step, loss, terms)
-            n = len(y)
-            count += n
-            sums["loss"] += loss.detach() * n
-            sums["correct"] += (logits.argmax(1) == y).sum()
-            for k, v in terms.items():
-                terms_sum[k] = terms_sum.get(k, 0) + v * n
-        if runtime.distributed:  # epoch totals over all ranks: one collective per epoch
-            sums, terms_sum, count = all_reduce_sums(sums, terms_sum, count, device)
-        seen += count
-        watch.check(desc, epoch, steps, runtime.distributed)
-        train_loss = float(sums["loss"]) / count  # one sync per epoch, not per step
-        val_logits = predict_logits(method.student, val, transform, train_cfg.eval_batch_size, runtime.autocast)
-        val_loss = float(torch.nn.functional.cross_entropy(val_logits, val.labels))
-        val_acc = float((val_logits.argmax(1) == val.labels).float().mean())
-        values = {
-            "train/loss": train_loss,
-            "train/acc": float(sums["correct"]) / count,
-            **{f"train/{k}": float(v) / count for k, v in terms_sum.items()},
-            "val/loss": val_loss,
-            "val/acc": val_acc,
-            "lr": lr,
-            "epoch_seconds": time.perf_counter() - epoch_start,
-        }
-        if device.type == "cuda":
-            values["gpu_peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-        history.append(values)
-        if logger is not None:
-            logger.log_epoch(epoch, values)
-        log.info(
-            "%s epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  (%.1fs)",
-            desc, epoch, role.epochs, train_loss, values["train/acc"], val_loss, val_acc, values["epoch_seconds"],
-        )
-        if (val_acc, -val_loss) > (best[0], -best[1]):
-            best = (val_acc, val_loss)
-            best_epoch = epoch
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in method.student.state_dict().items()})
-        if checkpoints is not None and runtime.is_main and epoch < role.epochs:  # (after the last: the outputs)
-            checkpoints.save(epoch, {
-                **{name: part.state_dict() for name, part in parts.items()}, "rng": rng_state(generators, device),
-                "best": list(best), "best_epoch": best_epoch, "best_state": best_state, "history": history,
-                "seen": seen, "seconds": prior_seconds + time.perf_counter() - start,
-            })
-    fast_paths.close()  # (on an exception the shadowed forwards die with the method)
+    # small convs: the trained networks only (the teacher is outside the method's module tree)
+    with small_convs_as_gemm(method.modules(), device.type == "cpu"), compiled(method, train_cfg.compile):
+        for epoch in range(first_epoch, role.epochs + 1):
+            epoch_start = time.perf_counter()
+            method.set_progress(epoch, role.epochs)
+            method.train()
+            sums = {"loss": torch.zeros((), device=device), "correct": torch.zeros((), device=device)}
+            terms_sum: dict[str, torch.Tensor] = {}
+            count = 0
+            watch = NonFiniteWatch(device)
+            lr = optimizer.param_groups[0]["lr"]
+            bar = tqdm(
+                batch_indices(len(train), batch_size, shuffle=True, generator=shuffle_gen, drop_last=True),
+                total=steps, desc=f"{desc} {epoch}/{role.epochs}", leave=False,
+                disable=None if runtime.is_main else True,  # quiet off a terminal and on other ranks
+            )
+            for step, idx in enumerate(bar):
+                y = train.labels[idx].to(device, non_blocking=True)[shard]
+                if cache is None:
+                    # every rank augments the whole global batch (same generator) and keeps its
+                    # shard, so the images seen are those of a single-process run
+                    x = transform(train.images[idx], train_cfg.augment, aug_gen)[shard]
+                else:
+                    k = cache.view(epoch)
+                    x = transform(cache.views[k][idx[shard]])
+                    method.__dict__["cached_teacher_logits"] = cache.logits[k][idx[shard]].to(device, non_blocking=True)
+                if method.needs_indices:
+                    method.give_indices(idx[shard].to(device, non_blocking=True))
+                with runtime.autocast():
+                    logits, loss, terms = model(x, y)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                watch.update(step, loss, terms)
+                n = len(y)
+                count += n
+                sums["loss"] += loss.detach() * n
+                sums["correct"] += (logits.argmax(1) == y).sum()
+                for k, v in terms.items():
+                    terms_sum[k] = terms_sum.get(k, 0) + v * n
+            if runtime.distributed:  # epoch totals over all ranks: one collective per epoch
+                sums, terms_sum, count = all_reduce_sums(sums, terms_sum, count, device)
+            seen += count
+            watch.check(desc, epoch, steps, runtime.distributed)
+            train_loss = float(sums["loss"]) / count  # one sync per epoch, not per step
+            val_logits = predict_logits(method.student, val, transform, train_cfg.eval_batch_size, runtime.autocast)
+            val_loss = float(torch.nn.functional.cross_entropy(val_logits, val.labels))
+            val_acc = float((val_logits.argmax(1) == val.labels).float().mean())
+            values = {
+                "train/loss": train_loss,
+                "train/acc": float(sums["correct"]) / count,
+                **{f"train/{k}": float(v) / count for k, v in terms_sum.items()},
+                "val/loss": val_loss,
+                "val/acc": val_acc,
+                "lr": lr,
+                "epoch_seconds": time.perf_counter() - epoch_start,
+            }
+            if device.type == "cuda":
+                values["gpu_peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+            history.append(values)
+            if logger is not None:
+                logger.log_epoch(epoch, values)
+            log.info(
+                "%s epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  (%.1fs)",
+                desc, epoch, role.epochs, train_loss, values["train/acc"], val_loss, val_acc, values["epoch_seconds"],
+            )
+            if (val_acc, -val_loss) > (best[0], -best[1]):
+                best = (val_acc, val_loss)
+                best_epoch = epoch
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in method.student.state_dict().items()})
+            if checkpoints is not None and runtime.is_main and epoch < role.epochs:  # (after the last: the outputs)
+                checkpoints.save(epoch, {
+                    **{name: part.state_dict() for name, part in parts.items()}, "rng": rng_state(generators, device),
+                    "best": list(best), "best_epoch": best_epoch, "best_state": best_state, "history": history,
+                    "seen": seen, "seconds": prior_seconds + time.perf_counter() - start,
+                })
     seconds = prior_seconds + time.perf_counter() - start
     assert best_state is not None
     last_state = {k: v.detach().cpu().clone() for k, v in method.student.state_dict().items()}
