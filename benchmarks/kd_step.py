@@ -13,14 +13,16 @@ Prints images/s per variant: the median over ``--rounds`` rounds of two steps ea
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+from interleave import interleaved
 
 from kdpipe.config import DistillConfig
 from kdpipe.engine.compile import FrozenTeacher, compiled
@@ -69,17 +71,8 @@ def main() -> None:
 
     choice = {"on": [True], "off": [False], "both": [True, False]}
     variants = [(int(c), f, g) for c in args.chunks.split(",") for f in choice[args.fill] for g in choice[args.gemm]]
-    seconds: dict[tuple[int, bool, bool], list[float]] = {v: [] for v in variants}
     with compiled(method, not args.eager):
-        for v in variants:  # warm-up (and compilation) outside the timing
-            step(*v)
-            step(*v)
-        for _ in range(args.rounds):
-            for v in variants:
-                start = time.perf_counter()
-                step(*v)
-                step(*v)
-                seconds[v].append((time.perf_counter() - start) / 2)
+        seconds = interleaved({v: functools.partial(step, *v) for v in variants}, args.rounds, repeats=2)
     mode = "eager" if args.eager else "compiled"
     for (chunk, fill, gemm), times in seconds.items():
         rounds = ", ".join(f"{args.batch / s:.0f}" for s in times)
@@ -94,7 +87,6 @@ def teacher_only(method, x: torch.Tensor, chunks: list[int], rounds: int) -> Non
     eager = method.teacher
     frozen = FrozenTeacher(eager).eval()
     variants = [(name, c) for name in ("eager", "frozen") for c in chunks]
-    seconds: dict[tuple[str, int], list[float]] = {v: [] for v in variants}
 
     def forward(name: str, chunk: int) -> None:
         method.__dict__["teacher"] = eager if name == "eager" else frozen
@@ -102,15 +94,7 @@ def teacher_only(method, x: torch.Tensor, chunks: list[int], rounds: int) -> Non
         with torch.autocast("cpu", torch.bfloat16):
             method.teacher_logits(x)
 
-    for v in variants:  # warm-up (and compilation) outside the timing
-        forward(*v)
-        forward(*v)
-    for _ in range(rounds):
-        for v in variants:
-            start = time.perf_counter()
-            forward(*v)
-            forward(*v)
-            seconds[v].append((time.perf_counter() - start) / 2)
+    seconds = interleaved({v: functools.partial(forward, *v) for v in variants}, rounds, repeats=2)
     for (name, chunk), times in seconds.items():
         rounds_text = ", ".join(f"{len(x) / s:.0f}" for s in times)
         print(f"teacher forward, {name:6s}, chunk {chunk:4d}: {len(x) / statistics.median(times):6.1f} images/s"

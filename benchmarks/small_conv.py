@@ -12,9 +12,9 @@ backward (median over rounds, the two ways interleaved) and their ratio.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,7 +22,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from kdpipe.engine.small_conv import conv3x3_as_gemm
+from interleave import interleaved
+
+from kdpipe.engine.small_conv import conv3x3_as_gemm, output_size
 
 # (channels in, channels out, input size, stride): ResNet-18 on 32x32 images, small-input stem
 LAYERS = [(64, 64, 32, 1), (128, 128, 16, 1), (256, 256, 8, 1), (256, 512, 8, 2), (512, 512, 4, 1)]
@@ -40,7 +42,7 @@ def main() -> None:
         # as inside a bf16-autocast network: bf16 activations, fp32 weights (cast by autocast)
         x = torch.randn(args.batch, cin, size, size, dtype=torch.bfloat16).to(memory_format=cl).requires_grad_()
         w = torch.randn(cout, cin, 3, 3).mul_(0.05).to(memory_format=cl).requires_grad_()
-        out_size = (size - 1) // stride + 1
+        out_size = output_size(size, stride)
         grad = torch.randn(args.batch, cout, out_size, out_size, dtype=torch.bfloat16).to(memory_format=cl)
         ways = {
             "oneDNN": lambda x=x, w=w, s=stride: F.conv2d(x, w, stride=s, padding=1),
@@ -53,14 +55,7 @@ def main() -> None:
             out.backward(grad)
             x.grad = w.grad = None
 
-        seconds: dict[str, list[float]] = {k: [] for k in ways}
-        for conv in ways.values():
-            run(conv)  # warm-up
-        for _ in range(args.rounds):
-            for name, conv in ways.items():
-                start = time.perf_counter()
-                run(conv)
-                seconds[name].append(time.perf_counter() - start)
+        seconds = interleaved({name: functools.partial(run, conv) for name, conv in ways.items()}, args.rounds)
         ms = {k: 1000 * statistics.median(v) for k, v in seconds.items()}
         print(f"{cin:4d}->{cout:4d} ch, {size:2d}x{size:<2d} -> {out_size}x{out_size}: oneDNN {ms['oneDNN']:6.1f}  "
               f"GEMM {ms['GEMM']:6.1f}  (GEMM {ms['oneDNN'] / ms['GEMM']:.2f}x)")

@@ -92,6 +92,9 @@ class TrainConfig(Section):
     )
     sync_batchnorm: bool = Field(True, description="DDP on GPUs: BatchNorm statistics over the global batch")
     compile: bool = Field(False, description="torch.compile the training step (minutes of compilation first)")
+    small_conv_gemm: bool = Field(
+        True, description="CPU training: 3x3 convolutions with outputs of at most 16 pixels as im2col + GEMM"
+    )
     augment: AugmentConfig = AugmentConfig()
 
 

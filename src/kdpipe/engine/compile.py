@@ -13,10 +13,11 @@ from kdpipe.methods.base import Method
 
 class FrozenTeacher(nn.Module):
     """A teacher compiled for inference with weight freezing (constant-folded BatchNorm, weights
-    prepacked for oneDNN, conv+add+ReLU fused). ``torch.compile(options={"freezing": True})`` is
-    silently ignored by torch 2.15's inference compiler, which reads the global inductor config
-    when a graph is compiled: so the flag is set around every call (compilation, and any
-    recompilation for a new batch shape, happens inside a call)."""
+    prepacked for oneDNN, conv+add+ReLU fused). ``torch.compile(options={"freezing": True})``
+    does not freeze: Dynamo decides at trace time, from the *global* inductor flag, whether
+    parameters become constants (``torch._dynamo.utils.is_parameter_freezing``), and ``options``
+    reaches only inductor, after the parameters are already graph inputs. So the flag is set
+    around every call: tracing (and any retracing for a new batch shape) happens inside a call."""
 
     def __init__(self, teacher: nn.Module):
         super().__init__()
@@ -37,7 +38,7 @@ def compiled(method: Method, enabled: bool) -> Iterator[None]:
     """Within the block the student's forward is compiled in place (the module, its parameters
     and its state_dict stay the same objects) and the teacher, when nothing hooks its layers, is
     compiled for inference with weight freezing (on this 2-core AMX CPU a CIFAR ResNet-50 teacher
-    runs about 2.8x faster than eager bf16: ``benchmarks/kd_step.py --teacher-only``)."""
+    runs about 2.7x faster than eager bf16: ``benchmarks/kd_step.py --teacher-only``)."""
     if not enabled:
         yield
         return

@@ -1,16 +1,16 @@
 """CPU training: 3x3 convolutions on tiny feature maps computed as one matrix product.
 
 oneDNN's CPU convolutions are fast where feature maps have some size, but on a CIFAR ResNet's
-last stage (4x4 maps, 512 channels) its backward kernels run several times slower than on the
-earlier stages, which do the same arithmetic: there the last stage took about a third of a
-ResNet-18 training step (``benchmarks/small_conv.py`` times both ways, layer by layer). Written
-as im2col (nine shifted views, concatenated along channels) and one GEMM, autograd's backward is
-two GEMMs and a scatter of the nine views, each well within oneDNN's fast range.
+last stage (4x4 maps, 512 channels) forward + backward runs about 2x slower than on the earlier
+stages, which do the same arithmetic (``benchmarks/small_conv.py`` times both ways, layer by
+layer). Written as im2col (nine shifted views, concatenated along channels) and one GEMM,
+autograd's backward is two GEMMs and a scatter of the nine views, each in oneDNN's fast range.
 
-This is a workaround a library should provide; it replaces only the arithmetic (same weights,
-same module names, the same results up to rounding), only during training, only on the CPU, and
-only where the output map has at most ``MAX_PIXELS`` pixels. Saved and exported models are
-untouched torchvision modules.
+This is a workaround a library should provide. It replaces only the arithmetic (same weights,
+same module names, the same results up to rounding), only while a training stage runs (its
+steps and its per-epoch validation), only on the CPU (``train.small_conv_gemm``), and only where
+the output map has at most ``MAX_PIXELS`` pixels. Saved and exported models are untouched
+torchvision modules.
 """
 
 from __future__ import annotations
@@ -25,20 +25,27 @@ from torch import nn
 MAX_PIXELS = 16  # 4x4 and smaller; at 8x8 oneDNN's own kernels are as fast or faster
 
 
-def conv3x3_as_gemm(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
-    """``F.conv2d(x, weight, stride=stride, padding=1)`` for a 3x3 ``weight`` (groups 1, no
-    bias), as im2col + one GEMM in channels-last order. Returns a channels-last NCHW tensor."""
+def output_size(size: int, stride: int) -> int:
+    """Output side of a 3x3 convolution with padding 1."""
+    return (size - 1) // stride + 1
+
+
+def conv3x3_as_gemm(
+    x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int], bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, stride, padding=1)`` for a 3x3 ``weight`` (groups 1), as
+    im2col + one GEMM in channels-last order; the result has ``x``'s memory format."""
     batch, channels, height, width = x.shape
-    sh, sw = stride
-    out_h, out_w = (height - 1) // sh + 1, (width - 1) // sw + 1
+    out_h, out_w = output_size(height, stride[0]), output_size(width, stride[1])
     padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))  # N, H+2, W+2, C
-    cols = torch.cat(
-        [padded[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw] for i in range(3) for j in range(3)],
-        dim=-1,
-    )  # N, out_h, out_w, 9C, taps in the weight's (kh, kw, c) order
+    rows = (slice(i, i + stride[0] * (out_h - 1) + 1, stride[0]) for i in range(3))
+    taps = [padded[:, r, slice(j, j + stride[1] * (out_w - 1) + 1, stride[1])] for r in rows for j in range(3)]
+    cols = torch.cat(taps, dim=-1).reshape(-1, 9 * channels)  # taps in the weight's (kh, kw, c) order
     kernel = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], 9 * channels)
-    out = cols.reshape(-1, 9 * channels) @ kernel.t()
-    return out.view(batch, out_h, out_w, -1).permute(0, 3, 1, 2)
+    # addmm, not "+ bias": under autocast it casts the bias too, so the output stays bf16
+    out = cols @ kernel.t() if bias is None else torch.addmm(bias, cols, kernel.t())
+    out = out.view(batch, out_h, out_w, -1).permute(0, 3, 1, 2)  # channels-last strides
+    return out if x.is_contiguous(memory_format=torch.channels_last) else out.contiguous()
 
 
 def _eligible(conv: nn.Module) -> bool:
@@ -49,22 +56,21 @@ def _eligible(conv: nn.Module) -> bool:
         and conv.dilation == (1, 1)
         and conv.groups == 1
         and conv.padding_mode == "zeros"
+        and "forward" not in vars(conv)  # someone else's patch: leave it be
     )
 
 
 def _forward(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    out_pixels = ((x.shape[-2] - 1) // conv.stride[0] + 1) * ((x.shape[-1] - 1) // conv.stride[1] + 1)
-    if x.dim() != 4 or out_pixels > MAX_PIXELS:
+    if x.dim() != 4 or output_size(x.shape[-2], conv.stride[0]) * output_size(x.shape[-1], conv.stride[1]) > MAX_PIXELS:
         return nn.Conv2d.forward(conv, x)
-    out = conv3x3_as_gemm(x, conv.weight, conv.stride)
-    return out if conv.bias is None else out + conv.bias.view(1, -1, 1, 1)
+    return conv3x3_as_gemm(x, conv.weight, conv.stride, conv.bias)
 
 
 @contextlib.contextmanager
 def small_convs_as_gemm(modules: Iterable[nn.Module], enabled: bool) -> Iterator[int]:
     """Within the block, eligible ``nn.Conv2d`` among ``modules`` compute tiny outputs as a GEMM
     (the instance's ``forward`` is shadowed, then restored). Yields how many convs it covers."""
-    convs = [m for m in modules if _eligible(m)] if enabled else []
+    convs = list({id(m): m for m in modules if _eligible(m)}.values()) if enabled else []
     for conv in convs:
         conv.forward = _forward.__get__(conv)
     try:

@@ -149,7 +149,10 @@ def fit(
                 logger.log_epoch(done, values)
     start = time.perf_counter()
     # small convs: the trained networks only (the teacher is outside the method's module tree)
-    with small_convs_as_gemm(method.modules(), device.type == "cpu"), compiled(method, train_cfg.compile):
+    with (
+        small_convs_as_gemm(method.modules(), device.type == "cpu" and train_cfg.small_conv_gemm),
+        compiled(method, train_cfg.compile),
+    ):
         for epoch in range(first_epoch, role.epochs + 1):
             epoch_start = time.perf_counter()
             method.set_progress(epoch, role.epochs)
