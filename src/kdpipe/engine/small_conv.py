@@ -1,9 +1,9 @@
 """CPU training: 3x3 convolutions on tiny feature maps computed as one matrix product.
 
 oneDNN's CPU convolutions are fast where feature maps have some size, but on a CIFAR ResNet's
-last stage (4x4 maps, 512 channels) forward + backward runs about 2x slower than on the earlier
+last stage (4x4 maps, 512 channels) forward + backward runs 3 to 4x slower than on the earlier
 stages, which do the same arithmetic (``benchmarks/small_conv.py`` times both ways, layer by
-layer). Written as im2col (nine shifted views, concatenated along channels) and one GEMM,
+layer; im2col + GEMM is about 2x faster there). Written as im2col (nine shifted views, concatenated along channels) and one GEMM,
 autograd's backward is two GEMMs and a scatter of the nine views, each in oneDNN's fast range.
 
 This is a workaround a library should provide. It replaces only the arithmetic (same weights,
