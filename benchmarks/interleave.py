@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Hashable
 
@@ -20,3 +21,9 @@ def interleaved(variants: dict[Hashable, Callable[[], object]], rounds: int, rep
                 run()
             seconds[name].append((time.perf_counter() - start) / repeats)
     return seconds
+
+
+def images_per_second(images: int, seconds: list[float]) -> str:
+    """``images`` per call as images/s: the median over rounds, then every round."""
+    rounds = ", ".join(f"{images / s:.0f}" for s in seconds)
+    return f"{images / statistics.median(seconds):6.1f} images/s   (rounds: {rounds})"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from interleave import interleaved
+from interleave import images_per_second, interleaved
 
 from kdpipe.config import DistillConfig
 from kdpipe.engine.compile import FrozenTeacher, compiled
@@ -75,10 +74,8 @@ def main() -> None:
         seconds = interleaved({v: functools.partial(step, *v) for v in variants}, args.rounds, repeats=2)
     mode = "eager" if args.eager else "compiled"
     for (chunk, fill, gemm), times in seconds.items():
-        rounds = ", ".join(f"{args.batch / s:.0f}" for s in times)
         print(f"{mode} KD step, teacher chunk {chunk:4d}, NaN-fill {'on ' if fill else 'off'}, "
-              f"small-conv GEMM {'on ' if gemm else 'off'}: "
-              f"{args.batch / statistics.median(times):6.1f} images/s   (rounds: {rounds})")
+              f"small-conv GEMM {'on ' if gemm else 'off'}: {images_per_second(args.batch, times)}")
 
 
 def teacher_only(method, x: torch.Tensor, chunks: list[int], rounds: int) -> None:
@@ -96,9 +93,7 @@ def teacher_only(method, x: torch.Tensor, chunks: list[int], rounds: int) -> Non
 
     seconds = interleaved({v: functools.partial(forward, *v) for v in variants}, rounds, repeats=2)
     for (name, chunk), times in seconds.items():
-        rounds_text = ", ".join(f"{len(x) / s:.0f}" for s in times)
-        print(f"teacher forward, {name:6s}, chunk {chunk:4d}: {len(x) / statistics.median(times):6.1f} images/s"
-              f"   (rounds: {rounds_text})")
+        print(f"teacher forward, {name:6s}, chunk {chunk:4d}: {images_per_second(len(x), times)}")
 
 
 if __name__ == "__main__":
