@@ -26,7 +26,7 @@ from interleave import images_per_second, interleaved
 from kdpipe.config import DistillConfig
 from kdpipe.engine.compile import FrozenTeacher, compiled
 from kdpipe.engine.small_conv import small_convs_as_gemm
-from kdpipe.methods import build_method
+from kdpipe.methods import Batch, build_method
 from kdpipe.models.registry import build_model
 
 
@@ -57,10 +57,10 @@ def main() -> None:
 
     def step(chunk: int, fill: bool, gemm: bool) -> None:
         torch.utils.deterministic.fill_uninitialized_memory = fill
-        method.teacher_chunk = chunk
+        method.teacher.chunk = chunk
         with small_convs_as_gemm(method.modules(), gemm):
             with torch.autocast("cpu", torch.bfloat16):
-                loss = method(x, y)[1]
+                loss = method(Batch(x, y))[1]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -81,15 +81,14 @@ def main() -> None:
 def teacher_only(method, x: torch.Tensor, chunks: list[int], rounds: int) -> None:
     """The teacher's forward as a KD step runs it: eager under bf16 autocast, and frozen as
     ``train.compile`` compiles it (BatchNorm folded, weights prepacked), variants interleaved."""
-    eager = method.teacher
-    frozen = FrozenTeacher(eager).eval()
-    variants = [(name, c) for name in ("eager", "frozen") for c in chunks]
+    teacher = method.teacher
+    runners = {"eager": teacher.network, "frozen": FrozenTeacher(teacher.network).eval()}
+    variants = [(name, c) for name in runners for c in chunks]
 
     def forward(name: str, chunk: int) -> None:
-        method.__dict__["teacher"] = eager if name == "eager" else frozen
-        method.teacher_chunk = chunk
-        with torch.autocast("cpu", torch.bfloat16):
-            method.teacher_logits(x)
+        teacher.chunk = chunk
+        with teacher.running(runners[name]), torch.autocast("cpu", torch.bfloat16):
+            teacher.logits(Batch(x, None))
 
     seconds = interleaved({v: functools.partial(forward, *v) for v in variants}, rounds, repeats=2)
     for (name, chunk), times in seconds.items():

@@ -123,9 +123,9 @@ def engine(args) -> dict:
     from kdpipe.config import AugmentConfig, DistillConfig, RoleConfig, TrainConfig
     from kdpipe.data.decode import decode_files
     from kdpipe.data.prepared import PreparedData, PreparedMeta, Split
-    from kdpipe.engine.runtime import setup_runtime
+    from kdpipe.engine.runtime import setup_runtime, teacher_chunk
     from kdpipe.engine.trainer import fit
-    from kdpipe.methods import build_method
+    from kdpipe.methods import MethodContext, build_method
     from kdpipe.models.registry import build_model
 
     classes, index = find_classes(args.tree)
@@ -150,7 +150,8 @@ def engine(args) -> dict:
         teacher = build_model(args.teacher, n, 3, 32).eval()
         views = 1 if args.side == "engine+cache" else 0
         method = build_method("kd", student, teacher,
-                              DistillConfig(method="kd", temperature=4.0, alpha=0.9, cache_views=views))
+                              DistillConfig(method="kd", temperature=4.0, alpha=0.9, cache_views=views),
+                              context=MethodContext(teacher_chunk=teacher_chunk(train_cfg, runtime.device)))
     else:
         method = build_method("none", student, None, None)
     result = fit(method, role, train_cfg, data, runtime, seed=0, desc="engine")

@@ -120,12 +120,21 @@ def commit_all(ws: Path, message: str) -> None:
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", message], ws)
 
 
+IMPORT_LOG = "repro-imports.log"  # beside the template workspace
+
+
 @pytest.fixture(scope="session")
 def reproduced_template(tmp_path_factory) -> Path:
     """One tiny `dvc repro` shared by the session's tests, committed (dvc.lock, metrics) with its
     DVC cache. Tests never touch it: they work on a copy from the `reproduced` fixture."""
     ws = make_workspace(tmp_path_factory.mktemp("reproduced") / "ws")
-    run(["dvc", "repro"], ws, timeout=1800)  # (minutes on a loaded 2-core machine)
+    # PYTHONPROFILEIMPORTTIME: every stage's Python lists what it imported (tests/test_dvc_yaml.py)
+    log = ws.parent / IMPORT_LOG
+    with open(log, "w") as out:
+        proc = subprocess.run(["dvc", "repro"], cwd=ws, env={**tool_env(), "PYTHONPROFILEIMPORTTIME": "1"},
+                              stdout=out, stderr=subprocess.STDOUT, timeout=1800)  # (minutes on 2 loaded cores)
+    if proc.returncode != 0:
+        raise AssertionError(f"dvc repro failed ({proc.returncode}):\n{log.read_text()[-20000:]}")
     commit_all(ws, "tiny default run")
     return ws
 

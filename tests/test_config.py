@@ -3,6 +3,8 @@ import pytest
 from conftest import ROOT, load_default_params
 from kdpipe.config import load_params, parse_params
 from kdpipe.errors import ConfigError
+from kdpipe.methods import METHODS, check_link
+from kdpipe.methods.common.base import method_settings
 
 
 def with_change(path: str, value):
@@ -102,14 +104,52 @@ def test_unknown_dataset_lists_the_valid_names():
         assert name in msg
 
 
+def link_error(raw, where="distill"):
+    params = parse_params(raw)  # the names are right: the file itself parses
+    with pytest.raises(ConfigError) as err:
+        check_link(params.links()[where], where)
+    return str(err.value)
+
+
 def test_method_sections_are_validated_by_the_method():
     raw = load_default_params()
     raw["distill"]["at"] = {"wieght": 3}
-    assert "distill.at.wieght: unknown key (did you mean 'weight'?)" in error_of(raw)
+    assert "distill.at.wieght: unknown key (did you mean 'weight'?)" in link_error(raw)
     raw["distill"]["at"] = {"weight": -3}
-    assert "at.weight" in error_of(raw) and "-3" in error_of(raw)
+    assert "distill.at.weight" in link_error(raw) and "-3" in link_error(raw)
+    raw["assistant"]["distill"]["at"] = {"weight": 3, "p": 0}
+    assert "assistant.distill.at.p" in link_error(raw, "assistant.distill")
     raw["distill"]["at"] = {"weight": 3}
-    assert parse_params(raw).distill.model_extra["at"].weight == 3
+    check_link(parse_params(raw).distill, "distill")  # valid: no error
+    assert method_settings(METHODS["at"], parse_params(raw).distill, "distill").weight == 3
+
+
+def test_cache_views_needs_a_logits_only_method():
+    raw = load_default_params()
+    raw["distill"].update(method="fitnets", cache_views=2)
+    assert "distill.cache_views: method 'fitnets' reads the teacher's features" in link_error(raw)
+    raw["distill"].update(method="dkd")
+    check_link(parse_params(raw).distill, "distill")
+
+
+def test_the_params_check_imports_only_the_registries_name_tables():
+    """Validating params.yaml must not import a method's, model's or data source's code: every
+    stage validates the whole file, and dvc.yaml can then list only the code a stage runs."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    probe = (
+        "import json, sys; from kdpipe.config import load_params; load_params('params.yaml'); "
+        "print(json.dumps([sorted(m for m in sys.modules if m.startswith('kdpipe')), 'torch' in sys.modules]))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    loaded, torch_loaded = json.loads(out.stdout)
+    assert loaded == ["kdpipe", "kdpipe.config", "kdpipe.data", "kdpipe.data.sources", "kdpipe.errors",
+                      "kdpipe.methods", "kdpipe.models", "kdpipe.registry"]
+    assert not torch_loaded
 
 
 def test_suggestions_use_the_names_written_in_params_yaml():

@@ -1,42 +1,86 @@
-"""dvc.yaml must list, for each stage, every project module the stage's script imports, so a
-code change re-runs exactly the stages it can affect."""
+"""dvc.yaml lists, for each stage, exactly the project code the stage imports, so a code change
+re-runs the stages it can affect and no other: the imports are traced from a real run."""
 
-import subprocess
-import sys
+import ast
+import re
+from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import IMPORT_LOG, ROOT
 
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-# stages of other pipeline files run from the root (wdir: ..), so their paths read the same
-EXTRA = yaml.safe_load((ROOT / "compare" / "dvc.yaml").read_text())["stages"]
-
-PROBE = """
-import runpy, sys
-sys.path.insert(0, "src")
-runpy.run_path(sys.argv[1], run_name="not_main")
-import kdpipe.config
-kdpipe.config.load_params()  # every stage validates params.yaml, which imports the registries
-for name, mod in sorted(sys.modules.items()):
-    f = getattr(mod, "__file__", None) or ""
-    if "/src/" in f:
-        print(f.split("/src/", 1)[1])
-"""
+IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s+(kdpipe(?:\.\w+)*)\s*$")
+RUNNING = re.compile(r"Running stage '([\w@.-]+)'")
 
 
-@pytest.mark.parametrize("stage", sorted(STAGES) + sorted(EXTRA))
-def test_stage_deps_cover_imported_modules(stage):
-    spec = STAGES.get(stage) or EXTRA[stage]
-    script = spec["cmd"].split()[-1]
-    out = subprocess.run(
-        [sys.executable, "-c", PROBE, script], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split()
-    deps = [d for d in spec["deps"] if d.startswith("src/")]
-    missing = [m for m in out if not any(f"src/{m}" == d or f"src/{m}".startswith(d.rstrip("/") + "/") for d in deps)]
+def module_file(name: str) -> str:
+    """``kdpipe.methods.kd`` -> ``src/kdpipe/methods/kd.py`` (a package: its ``__init__.py``)."""
+    base = Path("src", *name.split("."))
+    return str(base / "__init__.py") if (ROOT / base).is_dir() else str(base.with_suffix(".py"))
+
+
+def traced_imports(log: str) -> dict[str, set[str]]:
+    """Per stage, the files of the kdpipe modules its process imported (PYTHONPROFILEIMPORTTIME)."""
+    found: dict[str, set[str]] = {}
+    stage = None
+    for line in log.splitlines():
+        if m := RUNNING.search(line):
+            stage = m.group(1)
+            found[stage] = set()
+        elif (m := IMPORT_LINE.match(line)) and stage is not None:
+            found[stage].add(module_file(m.group(1)))
+    return found
+
+
+def covers(dep: str, path: str) -> bool:
+    return path == dep or path.startswith(dep.rstrip("/") + "/")
+
+
+@pytest.fixture(scope="module")
+def traced(reproduced_template):
+    return traced_imports((reproduced_template.parent / IMPORT_LOG).read_text())
+
+
+@pytest.fixture(scope="module")
+def locked_deps(reproduced_template):
+    """Each stage's code deps as DVC resolved them (templates such as ${distill.method} filled in)."""
+    lock = yaml.safe_load((reproduced_template / "dvc.lock").read_text())["stages"]
+    return {stage: [d["path"] for d in spec["deps"] if d["path"].startswith("src/")] for stage, spec in lock.items()}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_stage_deps_are_exactly_the_code_it_imports(stage, traced, locked_deps):
+    assert stage in traced, f"no trace of stage {stage}"
+    imported, deps = traced[stage], locked_deps[stage]
+    script = STAGES[stage]["cmd"].split()[-1]
     assert script in deps
-    assert not missing, f"stage {stage} imports {missing} but dvc.yaml does not list them as deps"
+    missing = sorted(f for f in imported if not any(covers(d, f) for d in deps))
+    assert not missing, f"stage {stage} imports {missing}, which dvc.yaml does not list"
+    unused = sorted(d for d in deps if d != script and not any(covers(d, f) for f in imported))
+    assert not unused, f"dvc.yaml lists {unused} for stage {stage}, which it never imports"
+
+
+def test_a_method_file_imports_no_other_method():
+    """What makes `methods/${method}.py` a complete dependency: a method reaches shared code only
+    through methods/common, never another method's file."""
+    methods_dir = ROOT / "src/kdpipe/methods"
+    names = {p.stem for p in methods_dir.glob("*.py")} - {"__init__"}
+    for path in sorted(methods_dir.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("kdpipe.methods."):
+                other = node.module.split(".")[2]
+                assert other == "common" or other not in names, f"{path.name} imports {node.module}"
+
+
+def test_no_training_stage_has_a_persistent_output():
+    """A `persist` output switches off DVC's run-cache for its stage."""
+    for stage, spec in STAGES.items():
+        for entry in spec.get("outs", []):
+            opts = next(iter(entry.values())) if isinstance(entry, dict) else {}
+            assert not (opts or {}).get("persist"), f"{stage}: {entry}"
 
 
 def test_pipeline_order():

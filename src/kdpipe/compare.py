@@ -1,9 +1,11 @@
 """Side-by-side comparison of distillation methods on the same data, networks and budget.
 
 Every method in ``compare.methods`` trains the student (``student.*`` recipe) from the student
-link's teacher (``distill.teacher``), once per seed in ``compare.seeds``; each run is scored on the
-test split at its best validation epoch (the checkpoint the pipeline would keep) and at its last
-epoch. Results: ``metrics/methods.json`` (mean and, over several seeds, std) and
+link's teacher (``distill.teacher``), once per seed in ``compare.seeds``: one cell each, a stage
+of its own in compare/dvc.yaml (``matrix:``), so DVC caches every finished cell and an
+interrupted comparison loses one cell, not the table. Each run is scored on the test split at
+its best validation epoch (the checkpoint the pipeline would keep) and at its last epoch. The
+aggregate stage writes ``metrics/methods.json`` (mean and, over several seeds, std) and
 ``plots/methods/methods.csv``.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import csv
 import logging
 import statistics
+from pathlib import Path
 
 import torch
 
@@ -20,12 +23,14 @@ from kdpipe.config import Params
 from kdpipe.data.batches import BatchTransform
 from kdpipe.data.prepared import PreparedData, load_prepared
 from kdpipe.engine.inference import predict_logits
-from kdpipe.io import atomic_path, write_json
+from kdpipe.errors import MissingInputError
+from kdpipe.io import atomic_path, read_json, write_json
 from kdpipe.training import train_link
 
 log = logging.getLogger("kdpipe")
 METHODS_METRICS = paths.METRICS_DIR / "methods.json"
 METHODS_PLOT = paths.PLOTS_DIR / "methods" / "methods.csv"
+CELLS_DIR = paths.METRICS_DIR / "compare"
 SCORES = ("test_accuracy_best_val", "test_accuracy_last", "train_seconds")
 
 
@@ -63,19 +68,36 @@ def aggregate(runs: list[dict]) -> dict:
     return row
 
 
-def compare_methods(params: Params) -> dict:
-    table = {}
+def cell_path(method: str, seed: int) -> Path:
+    """One comparison cell's result (compare/dvc.yaml: one cached stage per method and seed)."""
+    return CELLS_DIR / f"{method}-{seed}.json"
+
+
+def run_cell(params: Params, method: str, seed: int) -> dict:
+    """Train the student with ``method`` and ``seed``; write and return its scores."""
     test = load_prepared(paths.PREPARED_DIR, splits=("test",))
+    result = {"method": method, "seed": seed, "student": params.student.arch, "epochs": params.student.epochs,
+              **run_one(params, method, seed, test)}
+    write_json(cell_path(method, seed), result)
+    log.info("compare: %-12s seed %d  test acc %.4f (best val) %.4f (last)", method, seed,
+             result["test_accuracy_best_val"], result["test_accuracy_last"])
+    return result
+
+
+def compare_methods(params: Params) -> dict:
+    """The table over every cell of ``compare.methods`` x ``compare.seeds`` (each written by its
+    own stage) -> metrics/methods.json and plots/methods/methods.csv."""
+    table = {}
     for method in params.compare.methods:
-        runs = [run_one(params, method, seed, test) for seed in params.compare.seeds]
-        row = aggregate(runs)
-        table[method] = {
-            "student": params.student.arch,
-            "epochs": params.student.epochs,
-            **row,
-        }
-        log.info("compare: %-12s test acc %.4f (best val) %.4f (last)", method,
-                 row["test_accuracy_best_val"], row["test_accuracy_last"])
+        runs = []
+        for seed in params.compare.seeds:
+            path = cell_path(method, seed)
+            if not path.is_file():
+                raise MissingInputError(f"{path}: the cell of method {method}, seed {seed} has not run: "
+                                        "run `dvc repro compare/dvc.yaml`")
+            runs.append(read_json(path))
+        table[method] = {"method": method, "student": params.student.arch, "epochs": params.student.epochs,
+                         "seeds": list(params.compare.seeds), **aggregate(runs)}
     write_json(METHODS_METRICS, table)
     with atomic_path(METHODS_PLOT) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)

@@ -118,7 +118,7 @@ class RoleConfig(Section):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, v: str) -> str:
-        from kdpipe.models.registry import MODELS
+        from kdpipe.models import MODELS
 
         return one_of("architecture", v, sorted(MODELS))
 
@@ -144,42 +144,20 @@ class DistillConfig(Section):
         return one_of("distillation method", v, sorted(METHODS))
 
     @model_validator(mode="after")
-    def _cache_needs_logits_only(self) -> DistillConfig:
-        from kdpipe.methods import METHODS
-
-        if self.cache_views and not METHODS[self.method].logits_only:
-            usable = sorted(n for n, m in METHODS.items() if m.logits_only)
-            raise ValueError(
-                f"cache_views: method '{self.method}' reads the teacher's features, which a logit cache cannot "
-                f"hold; use cache_views: 0 or a logits-only method ({', '.join(usable)})"
-            )
-        return self
-
-    @model_validator(mode="after")
     def _method_sections(self) -> DistillConfig:
-        # Extra keys are allowed only as per-method sections (``distill.<method>: {...}``),
-        # each validated by the method's own schema.
+        # Extra keys are allowed only as per-method sections (``distill.<method>: {...}``). Their
+        # contents (and whether the method can use cache_views) are the method's to check, in the
+        # stage that trains the link (``kdpipe.methods.check_link``; ``python -m kdpipe.config``
+        # checks every link at once): validating them here would make every stage import, and so
+        # depend on, every method's code.
         from kdpipe.methods import METHODS
 
-        for key, value in list((self.model_extra or {}).items()):
-            fields = sorted(set(type(self).model_fields) | set(METHODS))
+        for key in self.model_extra or {}:
             if key not in METHODS:
+                fields = sorted(set(type(self).model_fields) | set(METHODS))
                 close = difflib.get_close_matches(key, fields, n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 raise ValueError(f"unknown key '{key}'{hint}")
-            schema = METHODS[key].Params
-            if schema is None:
-                raise ValueError(f"method '{key}' takes no settings of its own")
-            try:
-                self.model_extra[key] = schema.model_validate(value or {})
-            except ValidationError as exc:
-                err = exc.errors()[0]
-                field = ".".join(str(p) for p in err["loc"])
-                if err["type"] == "extra_forbidden":
-                    close = difflib.get_close_matches(str(err["loc"][-1]), list(schema.model_fields), n=1)
-                    hint = f" (did you mean '{close[0]}'?)" if close else ""
-                    raise ValueError(f"unknown key '{key}.{field}'{hint}") from None
-                raise ValueError(f"{key}.{field}: {err['msg']} (got {err.get('input')!r})") from None
         return self
 
 
@@ -273,6 +251,10 @@ class Params(Section):
             raise KeyError(name)
         return getattr(self, name)
 
+    def links(self) -> dict[str, DistillConfig]:
+        """The two distillation links, by the params section that holds each."""
+        return {"assistant.distill": self.assistant.distill, "distill": self.distill}
+
 
 ROLES = ("teacher", "assistant", "student")
 
@@ -326,3 +308,25 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     return parse_params(raw, str(path))
+
+
+def check_all(params: Params) -> None:
+    """Everything the methods check too (their own sections, cache_views), for every link and
+    compared method: imports those methods' code, so stages call it only for what they train."""
+    from kdpipe.methods import check_link
+
+    for where, link in params.links().items():
+        check_link(link, where)
+    for method in params.compare.methods:
+        check_link(params.distill.model_copy(update={"method": method}), "distill")
+
+
+if __name__ == "__main__":  # python -m kdpipe.config [params.yaml]: check the whole file in seconds
+    import sys
+
+    try:
+        check_all(load_params(sys.argv[1] if len(sys.argv) > 1 else PARAMS_FILE))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print("params: ok")

@@ -14,7 +14,7 @@ import seaborn as sns
 import torch
 
 from kdpipe.io import atomic_path
-from kdpipe.methods.features import FeatureTap, default_stages
+from kdpipe.methods.common.features import FeatureTap, default_stages
 
 CHANNELS_SHOWN = 8
 # PNGs carry no creation time, so the same run writes the same bytes.

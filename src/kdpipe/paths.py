@@ -14,9 +14,13 @@ def checkpoint_path(role: str) -> Path:
     return MODELS_DIR / f"{role}.pt"
 
 
-def resume_dir(role: str) -> Path:
-    """Per-epoch training state (a persisted DVC output): a killed stage resumes from it."""
-    return MODELS_DIR / "checkpoints" / role
+STATE_DIR = Path(".kdpipe")  # git- and DVC-ignored working state, never a stage output
+
+
+def resume_dir(role: str, run: str) -> Path:
+    """Per-epoch training state of one run (``run``: its fingerprint): a killed stage resumes
+    from it; removed once the stage has written its outputs."""
+    return STATE_DIR / "resume" / role / run
 
 
 def train_metrics_path(role: str) -> Path:

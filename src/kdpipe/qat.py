@@ -24,7 +24,7 @@ from torch.nn.utils import parametrize
 from kdpipe import paths
 from kdpipe.config import Params
 from kdpipe.data.prepared import PreparedData
-from kdpipe.engine.runtime import setup_runtime
+from kdpipe.engine.runtime import setup_runtime, teacher_chunk
 from kdpipe.engine.trainer import FitResult, fit
 from kdpipe.methods import MethodContext, build_method
 from kdpipe.models.checkpoint import load_checkpoint
@@ -110,7 +110,8 @@ def qat_distill(params: Params, student: nn.Module, data: PreparedData) -> tuple
     runtime = setup_runtime(params.train.model_copy(update={"precision": "fp32"}), params.seed + SEED_OFFSET)
     model = prepare_qat(student)
     link = params.distill.model_copy(update={"method": "kd"})
-    context = MethodContext(where="distill", input_shape=data.meta.image_shape, teacher_arch=teacher_info.arch)
+    context = MethodContext(where="distill", input_shape=data.meta.image_shape, teacher_arch=teacher_info.arch,
+                            teacher_chunk=teacher_chunk(params.train, runtime.device))
     method = build_method("kd", model, teacher, link, params.student.label_smoothing, context)
     recipe = params.student.model_copy(
         update={"epochs": cfg.epochs, "lr": cfg.lr, "scheduler": "cosine", "weight_decay": cfg.weight_decay}

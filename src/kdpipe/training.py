@@ -14,11 +14,11 @@ from kdpipe.config import DistillConfig, Params
 from kdpipe.data.prepared import load_meta, load_prepared
 from kdpipe.distributed import is_main_process
 from kdpipe.engine.resume import EpochCheckpoints, code_digest, fingerprint
-from kdpipe.engine.runtime import setup_runtime
+from kdpipe.engine.runtime import setup_runtime, teacher_chunk
 from kdpipe.engine.trainer import EpochLogger, FitResult, fit, summary
 from kdpipe.errors import MissingInputError
 from kdpipe.io import sha256_file, write_json
-from kdpipe.methods import METHODS, MethodContext, build_method
+from kdpipe.methods import METHODS, MethodContext, build_method, check_link
 from kdpipe.models.checkpoint import ModelInfo, load_checkpoint, save_checkpoint
 from kdpipe.models.registry import build_model, count_parameters
 
@@ -77,6 +77,9 @@ def train_link(
     default_link, teacher_role = link_for(params, role)
     link = link or default_link
     method_name = link.method if link is not None else "none"
+    where = "distill" if role == "student" else f"{role}.distill"
+    if link is not None:
+        check_link(link, where)
     teacher, teacher_info = None, None
     if METHODS[method_name].needs_teacher:
         teacher, teacher_info = load_checkpoint(paths.checkpoint_path(teacher_role), paths.STAGE_OF_ROLE[teacher_role])
@@ -85,12 +88,13 @@ def train_link(
     size = max(meta.height, meta.width)
     student = build_model(role_cfg.arch, meta.num_classes, meta.channels, size, role_cfg.pretrained)
     context = MethodContext(
-        where="distill" if role == "student" else f"{role}.distill",
+        where=where,
         input_shape=meta.image_shape,
         build_network=lambda arch: build_model(arch, meta.num_classes, meta.channels, size),
         student_arch=role_cfg.arch,
         teacher_arch=teacher_info.arch if teacher_info is not None else None,
         num_train=len(data["train"]),
+        teacher_chunk=teacher_chunk(params.train, runtime.device),
     )
     method = build_method(method_name, student, teacher, link, role_cfg.label_smoothing, context)
     log.info(
@@ -113,7 +117,8 @@ def train_role(params: Params, role: str) -> None:
     """The training stages: train ``role``, log with dvclive, write its checkpoint and metrics."""
     role_cfg = params.role(role)
     meta = load_meta(paths.PREPARED_DIR)
-    checkpoints = EpochCheckpoints(paths.resume_dir(role), run_fingerprint(params, role))
+    run = run_fingerprint(params, role)
+    checkpoints = EpochCheckpoints(paths.resume_dir(role, run), run)
     if not is_main_process():  # DDP: the other ranks train; rank 0 logs and writes
         train_link(params, role, checkpoints=checkpoints)
         return
@@ -140,7 +145,7 @@ def train_role(params: Params, role: str) -> None:
         },
     )
     save_checkpoint(paths.checkpoint_path(role), trained.student, info)
-    checkpoints.finish(role_cfg.epochs)
+    checkpoints.finish()
     log.info("%s: best val accuracy %.4f at epoch %d", role, result.best_val_accuracy, result.best_epoch)
 
 

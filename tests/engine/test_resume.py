@@ -12,7 +12,7 @@ from kdpipe.engine.resume import CheckpointWriteError, EpochCheckpoints
 from kdpipe.engine.runtime import resolve_precision, setup_runtime
 from kdpipe.engine.trainer import NonFiniteLossError, fit
 from kdpipe.methods import build_method
-from kdpipe.methods.base import Method, MethodContext
+from kdpipe.methods.common.base import Method, MethodContext
 from kdpipe.models.registry import build_model
 
 from .test_trainer import toy_data
@@ -127,8 +127,9 @@ def test_partial_foreign_and_finished_state_is_not_resumed(tmp_path, caplog):
     assert "other params, data, teacher or code" in caplog.text and not list(ckpt.dir.glob("epoch-*"))
 
     ckpt = interrupted(tmp_path / "again")
-    ckpt.finish(EPOCHS)  # outputs written: only the marker stays, and the next run starts afresh
-    assert [p.name for p in ckpt.dir.iterdir()] == ["status.json"]
+    assert list(ckpt.dir.glob("epoch-*.pt"))
+    ckpt.finish()  # outputs written: the state is removed, and the next run starts afresh
+    assert not ckpt.dir.exists()
     assert ckpt.latest() is None and not list(ckpt.dir.iterdir())
 
 
@@ -165,10 +166,10 @@ class NaNAtStep(Method):
     def setup(self):
         self.steps = 0
 
-    def forward(self, x, y):
-        logits = self.student(x)
+    def forward(self, batch):
+        logits = self.student(batch.images)
         self.steps += 1
-        ce = self.cross_entropy(logits, y)
+        ce = self.cross_entropy(logits, batch.labels)
         bad = ce * float("nan") if self.steps == 3 else ce
         return logits, bad, {"ce": bad.detach()}
 

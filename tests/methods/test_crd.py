@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from kdpipe.config import StudentDistillConfig
 from kdpipe.errors import ConfigError
-from kdpipe.methods import MethodContext, build_method
+from kdpipe.methods import Batch, MethodContext, build_method
 from kdpipe.methods.crd import info_nce
 from kdpipe.models.registry import build_model
 
@@ -37,8 +37,7 @@ def test_banks_move_towards_the_batch_only_in_training():
     idx = torch.tensor([3, 7, 11, 5])
     before_s, before_t = method.memory_s.clone(), method.memory_t.clone()
     method.train()
-    method.give_indices(idx)
-    method(torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]))
+    method(Batch(torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]), idx))
     s = F.normalize(method.embed_s(method.s_tap.embedding().float()), dim=1).detach()
     expected = F.normalize(0.5 * before_s[idx] + 0.5 * s, dim=1)
     torch.testing.assert_close(method.memory_s[idx], expected)
@@ -51,8 +50,7 @@ def test_banks_move_towards_the_batch_only_in_training():
     assert "memory_s" in method.state_dict() and "memory_s" not in dict(method.named_parameters())
     frozen = method.memory_s.clone()
     method.eval()
-    method.give_indices(idx)
-    method(torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]))
+    method(Batch(torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]), idx))
     assert torch.equal(method.memory_s, frozen)
 
 
@@ -60,15 +58,15 @@ def test_both_heads_and_the_student_learn_from_the_contrastive_term():
     method = make(negatives=1000)  # capped at num_train - 1
     method.train()
     x = torch.randn(4, 1, 8, 8)
-    method.teacher_logits(x)  # fill the taps, as the forward does
+    batch = Batch(x, torch.arange(4), torch.arange(4))
+    method.teacher.logits(batch)  # fill the taps, as the forward does
     method.student(x)
-    method.give_indices(torch.arange(4))
-    crd = method.feature_loss()  # the contrastive term alone, without cross-entropy
+    crd = method.feature_loss(batch)  # the contrastive term alone, without cross-entropy
     crd.backward()
     assert crd > 0
     assert method.embed_s.weight.grad.abs().sum() > 0 and method.embed_t.weight.grad.abs().sum() > 0
     assert method.student.conv1.weight.grad.abs().sum() > 0
-    assert all(p.grad is None for p in method.teacher.parameters())
+    assert all(p.grad is None for p in method.teacher.network.parameters())
     heads = (*method.embed_s.parameters(), *method.embed_t.parameters())
     assert method.extra_parameters() == sum(p.numel() for p in heads)  # banks are buffers, not parameters
 
@@ -79,6 +77,6 @@ def test_refusals_are_clear():
     method = make()
     method.train()
     with pytest.raises(RuntimeError, match="no sample indices"):
-        method(torch.randn(2, 1, 8, 8), torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match="nce_temperature"):
+        method(Batch(torch.randn(2, 1, 8, 8), torch.tensor([0, 1])))
+    with pytest.raises(ConfigError, match="distill.crd.nce_temperature"):
         make(nce_temperature=0)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from kdpipe.config import StudentDistillConfig
-from kdpipe.methods import METHODS, build_method
+from kdpipe.methods import METHODS, Batch, MethodContext, build_method
 from kdpipe.methods.kd import kd_divergence, kd_loss
 from kdpipe.models.registry import build_model
 
@@ -81,7 +81,7 @@ def test_kd_method_needs_teacher_and_keeps_it_out_of_parameters():
 
     method = build_method("kd", student, teacher, Cfg())
     assert {id(p) for p in method.parameters()} == {id(p) for p in student.parameters()}
-    logits, loss, terms = method(torch.randn(5, 4), torch.randint(0, 3, (5,)))
+    logits, loss, terms = method(Batch(torch.randn(5, 4), torch.randint(0, 3, (5,))))
     loss.backward()
     assert logits.shape == (5, 3) and set(terms) == {"kd", "ce"}
     assert teacher.weight.grad is None and student.weight.grad is not None
@@ -98,10 +98,11 @@ def test_teacher_runs_in_chunks_with_the_same_logits():
     teacher = build_model("resnet18", 10, 1, 8).eval()
     calls = []
     teacher.register_forward_pre_hook(lambda _, args: calls.append(len(args[0])))
-    method = build_method("kd", build_model("resnet18", 10, 1, 8), teacher, StudentDistillConfig(method="kd"))
     x = torch.randn(8, 1, 8, 8)
-    whole = method.teacher_logits(x)
-    method.teacher_chunk = 3
-    chunked = method.teacher_logits(x)
+    whole_method = build_method("kd", build_model("resnet18", 10, 1, 8), teacher, StudentDistillConfig(method="kd"))
+    whole = whole_method.teacher.logits(Batch(x, None))
+    chunked_method = build_method("kd", build_model("resnet18", 10, 1, 8), teacher, StudentDistillConfig(method="kd"),
+                                  context=MethodContext(teacher_chunk=3))
+    chunked = chunked_method.teacher.logits(Batch(x, None))
     assert calls == [8, 3, 3, 2]
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)  # eval mode: per-image results

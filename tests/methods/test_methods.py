@@ -5,7 +5,7 @@ import torch
 
 from kdpipe.config import StudentDistillConfig
 from kdpipe.errors import ConfigError
-from kdpipe.methods import METHODS, MethodContext, build_method
+from kdpipe.methods import METHODS, Batch, MethodContext, build_method
 from kdpipe.models.registry import build_model
 
 SHAPE = (1, 8, 8)
@@ -16,32 +16,30 @@ def nets(student_arch="resnet18", teacher_arch="resnet34"):
     return build_model(student_arch, 10, 1, 8), build_model(teacher_arch, 10, 1, 8).eval()
 
 
-def make(name, student_arch="resnet18", teacher_arch="resnet34", **section):
+def make(name, student_arch="resnet18", teacher_arch="resnet34", teacher_chunk=0, **section):
     student, teacher = nets(student_arch, teacher_arch)
     cfg = StudentDistillConfig(method=name, **({name: section} if section else {}))
     ctx = MethodContext(
         input_shape=SHAPE, student_arch=student_arch, teacher_arch=teacher_arch,
-        build_network=lambda arch: build_model(arch, 10, 1, 8), num_train=64,
+        build_network=lambda arch: build_model(arch, 10, 1, 8), num_train=64, teacher_chunk=teacher_chunk,
     )
     return build_method(name, student, teacher if METHODS[name].needs_teacher else None, cfg, 0.0, ctx)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_trains_and_keeps_the_teacher_frozen(name):
-    method = make(name)
+    # a teacher chunk, as on CPUs: logits-only methods chunk, feature taps see the whole batch
+    method = make(name, teacher_chunk=3)
     method.train()
     x, y = torch.randn(8, *SHAPE), torch.arange(8) % 10
-    method.teacher_chunk = 3  # as the trainer sets it on CPUs: logits-only methods chunk, feature taps see the batch
-    if method.needs_indices:
-        method.give_indices(torch.arange(8))
-    logits, loss, terms = method(x, y)
+    logits, loss, terms = method(Batch(x, y, torch.arange(8) if method.needs_indices else None))
     assert logits.shape == (8, 10) and loss.ndim == 0 and torch.isfinite(loss)
     assert all(torch.isfinite(v) for v in terms.values())
     loss.backward()
     assert all(p.grad is not None for p in method.student.parameters() if p.requires_grad)
     if method.teacher is not None:
-        assert all(p.grad is None for p in method.teacher.parameters())
-        assert not method.teacher.training
+        assert all(p.grad is None for p in method.teacher.network.parameters())
+        assert not method.teacher.network.training
     # extra parts (regressors, projections, heads, peers) get gradients too
     student_ids = {id(p) for p in method.student.parameters()}
     extras = [p for p in method.parameters() if id(p) not in student_ids]
@@ -65,10 +63,10 @@ def test_fitnets_hint_stage_trains_only_the_hint():
     method = make("fitnets", hint_epochs=1)
     x, y = torch.randn(4, *SHAPE), torch.arange(4)
     method.set_progress(1, 3)
-    _, loss1, terms = method(x, y)
+    _, loss1, terms = method(Batch(x, y))
     assert loss1.item() == pytest.approx(terms["fitnets"].item(), rel=1e-5)
     method.set_progress(2, 3)
-    _, loss2, terms = method(x, y)
+    _, loss2, terms = method(Batch(x, y))
     assert loss2.item() > terms["fitnets"].item()
 
 
@@ -82,19 +80,19 @@ def test_vgg_with_default_layers(name):
     """VGG students and teachers work with every feature method's default layers."""
     method = make(name, student_arch="vgg11_bn", teacher_arch="resnet18")
     method.train()
-    logits, loss, _ = method(torch.randn(4, *SHAPE), torch.arange(4))
+    logits, loss, _ = method(Batch(torch.randn(4, *SHAPE), torch.arange(4)))
     loss.backward()
     assert logits.shape == (4, 10) and torch.isfinite(loss)
     method.close()
     method = make(name, student_arch="resnet18", teacher_arch="vgg16_bn")
     method.train()
-    assert torch.isfinite(method(torch.randn(4, *SHAPE), torch.arange(4))[1])
+    assert torch.isfinite(method(Batch(torch.randn(4, *SHAPE), torch.arange(4)))[1])
     method.close()
 
 
 def test_mobilenet_student_from_resnet_teacher():
     method = make("at", "mobilenet_v2", "resnet34")
-    _, loss, _ = method(torch.randn(4, *SHAPE), torch.arange(4))
+    _, loss, _ = method(Batch(torch.randn(4, *SHAPE), torch.arange(4)))
     assert torch.isfinite(loss)
 
 
@@ -108,13 +106,13 @@ def test_bad_layer_names_and_pairing_are_refused():
 def test_dml_peers_and_refusals():
     method = make("dml", peers=3)
     assert len(method.peers) == 2
-    with pytest.raises(Exception, match="resnet19"):
-        StudentDistillConfig(method="dml", dml={"peer_arch": "resnet19"})
+    with pytest.raises(ConfigError, match=r"distill\.dml\.peer_arch: unknown architecture 'resnet19'"):
+        make("dml", peer_arch="resnet19")
 
 
 def test_dkd_warmup_ramps_the_term():
     method = make("dkd", warmup_epochs=4)
     x, y = torch.randn(4, *SHAPE), torch.arange(4)
     method.set_progress(1, 8)
-    _, early, t1 = method(x, y)
+    _, early, t1 = method(Batch(x, y))
     assert early.item() == pytest.approx(t1["ce"].item() + 0.25 * t1["dkd"].item(), rel=1e-5)

@@ -59,7 +59,7 @@ def test_registry_names():
 def test_vgg_small_input_keeps_three_pools_and_a_linear_head():
     from torch import nn
 
-    from kdpipe.methods.features import default_stages
+    from kdpipe.methods.common.features import default_stages
 
     model = build_model("vgg11_bn", 10, 1, 8)
     assert sum(isinstance(m, nn.MaxPool2d) for m in model.features) == 3

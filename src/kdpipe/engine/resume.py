@@ -6,8 +6,11 @@ SHA-256 in ``epoch-NNNN.pt.sha256``. A file without a matching hash (a kill betw
 writes, a truncated or corrupted file) is never trusted: resuming falls back to the previous
 good epoch, or to a fresh start, and says so. The state also records a fingerprint of what
 determines the run (params, prepared data, teacher file, code); state from another run is
-discarded. When the stage has written its outputs the folder keeps only ``status.json``,
-so the next run starts afresh and the persisted DVC output stays a few bytes.
+discarded. When the stage has written its outputs the folder is removed.
+
+The folder is not a DVC output (``paths.resume_dir``: under the git- and DVC-ignored
+``.kdpipe/``, one folder per run fingerprint): a ``persist`` output would switch off DVC's
+run-cache for the stage, so that an experiment run before could not be restored in seconds.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import io
 import json
 import logging
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +28,10 @@ import numpy as np
 import torch
 
 from kdpipe.errors import KdpipeError
-from kdpipe.io import sha256_file, write_json, write_text, write_with
+from kdpipe.io import sha256_file, write_text, write_with
 
 log = logging.getLogger("kdpipe")
 FORMAT = "kdpipe-training-state/1"
-STATUS_FILE = "status.json"
 
 
 class CheckpointWriteError(KdpipeError):
@@ -82,7 +85,7 @@ def _tuples(value: Any) -> Any:
 
 
 class EpochCheckpoints:
-    """The resumable state of one training run in ``directory`` (a persisted DVC output)."""
+    """The resumable state of one training run in ``directory``."""
 
     def __init__(self, directory: str | Path, run_id: str, keep: int = 2):
         self.dir = Path(directory)
@@ -115,13 +118,6 @@ class EpochCheckpoints:
         self.dir.mkdir(parents=True, exist_ok=True)
         for stray in self.dir.glob(".*.tmp"):  # a write killed half-way
             stray.unlink(missing_ok=True)
-        status = self.dir / STATUS_FILE
-        if status.is_file():
-            # the last run finished and wrote its outputs: this one starts afresh
-            for _, path in self._saved():
-                self._discard(path)
-            status.unlink()
-            return None
         for epoch, path in reversed(self._saved()):
             state, problem = self._load_verified(path)
             if state is not None:
@@ -164,8 +160,6 @@ class EpochCheckpoints:
         for _, old in self._saved()[: -self.keep]:
             self._discard(old)
 
-    def finish(self, epochs: int) -> None:
-        """The stage's outputs are written: leave a small marker, drop the heavy state."""
-        write_json(self.dir / STATUS_FILE, {"state": "complete", "epochs": epochs})
-        for _, path in self._saved():
-            self._discard(path)
+    def finish(self) -> None:
+        """The stage's outputs are written: the state is of no more use."""
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -109,3 +109,9 @@ def setup_runtime(cfg: TrainConfig, seed: int) -> Runtime:
     seed_everything(seed)  # the same on every rank: same initial weights, same batch order
     rank, world = init_distributed(device)
     return Runtime(device, resolve_precision(cfg.precision, device), rank, world)
+
+
+def teacher_chunk(cfg: TrainConfig, device: torch.device) -> int:
+    """``train.teacher_chunk``, resolved: 0 (auto) is 32 images on CPUs, whose caches a small
+    chunk's activations fit, and whole batches on GPUs."""
+    return cfg.teacher_chunk or (32 if device.type == "cpu" else 0)

@@ -1,5 +1,7 @@
-"""The training loop shared by every role: one epoch over whole-batch tensors, validation,
-best-on-validation selection (never test), and per-epoch logging."""
+"""The training loop shared by every role, in small pieces: placement (``place``), DDP
+(``distribute``), one epoch (``train_epoch``), validation (``validate``), best-on-validation
+selection (``Selection``, never test), the resumable state (``TrainState``) and ``fit``, which
+strings them together with per-epoch logging and checkpoints."""
 
 from __future__ import annotations
 
@@ -11,20 +13,22 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from kdpipe.config import RoleConfig, TrainConfig
-from kdpipe.data.batches import BatchTransform, batch_indices, num_batches
-from kdpipe.data.prepared import PreparedData
+from kdpipe.data.batches import BatchTransform, num_batches
+from kdpipe.data.prepared import PreparedData, Split
 from kdpipe.engine.compile import compiled
 from kdpipe.engine.inference import predict_logits
 from kdpipe.engine.optim import build_optimizer, build_scheduler
 from kdpipe.engine.resume import EpochCheckpoints, rng_state, set_rng_state
 from kdpipe.engine.runtime import Runtime
 from kdpipe.engine.small_conv import small_convs_as_gemm
+from kdpipe.engine.steps import StepLoader
 from kdpipe.engine.teacher_cache import build_teacher_cache
 from kdpipe.errors import KdpipeError
-from kdpipe.methods.base import Method
+from kdpipe.methods.common.base import Method
 
 log = logging.getLogger("kdpipe")
 
@@ -86,6 +90,120 @@ class NonFiniteWatch:
         )
 
 
+@dataclass
+class Selection:
+    """Best-on-validation selection (never test): higher accuracy first, then lower loss."""
+
+    accuracy: float = -1.0
+    loss: float = math.inf
+    epoch: int = 0
+    state: dict[str, torch.Tensor] | None = None  # the student's weights at ``epoch`` (CPU)
+
+    def offer(self, epoch: int, accuracy: float, loss: float, student: torch.nn.Module) -> None:
+        if (accuracy, -loss) > (self.accuracy, -self.loss):
+            self.accuracy, self.loss, self.epoch = accuracy, loss, epoch
+            self.state = copy.deepcopy({k: v.detach().cpu() for k, v in student.state_dict().items()})
+
+
+@dataclass
+class TrainState:
+    """Everything that changes from epoch to epoch: saved after each, restored on resume."""
+
+    parts: dict[str, Any]  # method, optimizer, scheduler, scaler (each with a state_dict)
+    generators: dict[str, torch.Generator]  # shuffling (CPU indices) and augmentation (device)
+    selection: Selection = field(default_factory=Selection)
+    history: list[dict[str, float]] = field(default_factory=list)
+    seen: int = 0  # training images processed, for images/s
+    seconds: float = 0.0  # training time of the epochs before this process started
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.history)
+
+    def to_dict(self, device: torch.device, seconds: float) -> dict[str, Any]:
+        sel = self.selection
+        return {
+            **{name: part.state_dict() for name, part in self.parts.items()}, "rng": rng_state(self.generators, device),
+            "best": [sel.accuracy, sel.loss], "best_epoch": sel.epoch, "best_state": sel.state,
+            "history": self.history, "seen": self.seen, "seconds": seconds,
+        }
+
+    def restore(self, saved: dict[str, Any], device: torch.device) -> None:
+        for name, part in self.parts.items():
+            part.load_state_dict(saved[name])
+        set_rng_state(saved["rng"], self.generators, device)
+        (accuracy, loss), epoch = saved["best"], saved["best_epoch"]
+        self.selection = Selection(accuracy, loss, epoch, saved["best_state"])
+        self.history, self.seen, self.seconds = saved["history"], saved["seen"], saved["seconds"]
+
+
+def place(method: Method, device: torch.device, channels_last: bool) -> None:
+    """The method (student and its own parts) and its teacher on the device, in the memory format."""
+    method.to(device)
+    if method.teacher is not None:
+        method.teacher.to(device)
+    if channels_last:
+        method.to(memory_format=torch.channels_last)
+        if method.teacher is not None:
+            method.teacher.to(memory_format=torch.channels_last)
+
+
+@dataclass
+class EpochTotals:
+    loss: float
+    accuracy: float
+    terms: dict[str, float]
+    images: int
+
+
+def train_epoch(
+    model: torch.nn.Module, method: Method, epoch: int, train: Split, loader: StepLoader, optimizer, scheduler,
+    scaler, runtime: Runtime, desc: str, epochs: int,
+) -> EpochTotals:
+    """One pass over the training split; sums stay on the device (one host sync per epoch)."""
+    device = runtime.device
+    method.set_progress(epoch, epochs)
+    method.train()
+    loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
+    terms_sum: dict[str, torch.Tensor] = {}
+    count = 0
+    watch = NonFiniteWatch(device)
+    bar = tqdm(
+        loader.epoch(epoch), total=loader.steps, desc=f"{desc} {epoch}/{epochs}", leave=False,
+        disable=None if runtime.is_main else True,  # quiet off a terminal and on other ranks
+    )
+    for step, batch in enumerate(bar):
+        with runtime.autocast():
+            logits, loss, terms = model(batch)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        watch.update(step, loss, terms)
+        n = len(batch.labels)
+        count += n
+        loss_sum += loss.detach() * n
+        correct += (logits.argmax(1) == batch.labels).sum()
+        for k, v in terms.items():
+            terms_sum[k] = terms_sum.get(k, 0) + v * n
+    sums = {"loss": loss_sum, "correct": correct}
+    if runtime.distributed:  # epoch totals over all ranks: one collective per epoch
+        sums, terms_sum, count = all_reduce_sums(sums, terms_sum, count, device)
+    watch.check(desc, epoch, loader.steps, runtime.distributed)
+    return EpochTotals(
+        float(sums["loss"]) / count, float(sums["correct"]) / count,
+        {k: float(v) / count for k, v in terms_sum.items()}, count,
+    )
+
+
+def validate(student: torch.nn.Module, val: Split, transform: BatchTransform, batch_size: int,
+             autocast) -> tuple[float, float]:
+    """(accuracy, cross-entropy) of ``student`` on the validation split."""
+    logits = predict_logits(student, val, transform, batch_size, autocast)
+    return float((logits.argmax(1) == val.labels).float().mean()), float(F.cross_entropy(logits, val.labels))
+
+
 def fit(
     method: Method,
     role: RoleConfig,
@@ -100,14 +218,7 @@ def fit(
     """Train ``method.student``; with ``checkpoints`` every epoch's state is saved and a
     previous run's state, when there is one, is resumed from."""
     device = runtime.device
-    method.to(device)
-    if method.teacher is not None:
-        method.teacher.to(device)
-    if train_cfg.channels_last:
-        method.to(memory_format=torch.channels_last)
-        if method.teacher is not None:
-            method.teacher.to(memory_format=torch.channels_last)
-    method.teacher_chunk = train_cfg.teacher_chunk or (32 if device.type == "cpu" else 0)
+    place(method, device, train_cfg.channels_last)
     transform = BatchTransform(data.meta, device, train_cfg.channels_last)
     train, val = data["train"], data["val"]
     batch_size = min(train_cfg.batch_size, len(train))
@@ -115,36 +226,25 @@ def fit(
     model, shard = distribute(method, runtime, train_cfg, batch_size)
     optimizer = build_optimizer(method.parameters(), role)
     scheduler = build_scheduler(optimizer, role, steps)
-    scaler = runtime.grad_scaler()
-    # One generator for shuffling (CPU indices) and one for augmentation (on the device).
-    shuffle_gen = torch.Generator().manual_seed(seed)
-    aug_gen = torch.Generator(device=device).manual_seed(seed + 1)
-
-    best_state: dict[str, torch.Tensor] | None = None
-    best = (-1.0, math.inf)  # (val accuracy, -val loss) ordering: accuracy first, then lower loss
-    best_epoch = 0
-    history: list[dict[str, float]] = []
+    state = TrainState(
+        parts={"method": method, "optimizer": optimizer, "scheduler": scheduler, "scaler": runtime.grad_scaler()},
+        generators={"shuffle": torch.Generator().manual_seed(seed),
+                    "augment": torch.Generator(device=device).manual_seed(seed + 1)},
+    )
     views = getattr(method.cfg, "cache_views", 0) if method.teacher is not None and method.logits_only else 0
     cache = None
     if views:
-        cache = build_teacher_cache(method.teacher, train, transform, train_cfg.augment, views, aug_gen,
-                                    runtime.autocast, train_cfg.eval_batch_size)
-    # everything that changes from epoch to epoch: saved after each, restored on resume
-    parts = {"method": method, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
-    generators = {"shuffle": shuffle_gen, "augment": aug_gen}
-    seen, prior_seconds, first_epoch = 0, 0.0, 1
+        cache = build_teacher_cache(method.teacher.network, train, transform, train_cfg.augment, views,
+                                    state.generators["augment"], runtime.autocast, train_cfg.eval_batch_size)
+    loader = StepLoader(train, transform, train_cfg.augment, batch_size, shard, state.generators, device,
+                        cache, method.needs_indices)
     if checkpoints is not None:  # state from another device, precision or process count is another run
         checkpoints = checkpoints.bound_to(runtime.device.type, runtime.precision, runtime.world_size,
                                            torch.get_num_threads())
-    state = load_state(checkpoints, runtime)
-    if state is not None:
-        for name, part in parts.items():
-            part.load_state_dict(state[name])
-        set_rng_state(state["rng"], generators, device)
-        best, best_epoch, best_state = tuple(state["best"]), state["best_epoch"], state["best_state"]
-        history, seen, prior_seconds = state["history"], state["seen"], state["seconds"]
-        first_epoch = state["epoch"] + 1
-        for done, values in enumerate(history, 1):  # dvclive's files start again from step 0
+    saved = load_state(checkpoints, runtime)
+    if saved is not None:
+        state.restore(saved, device)
+        for done, values in enumerate(state.history, 1):  # dvclive's files start again from step 0
             if logger is not None:
                 logger.log_epoch(done, values)
     start = time.perf_counter()
@@ -153,58 +253,17 @@ def fit(
         small_convs_as_gemm(method.modules(), device.type == "cpu" and train_cfg.small_conv_gemm),
         compiled(method, train_cfg.compile),
     ):
-        for epoch in range(first_epoch, role.epochs + 1):
+        for epoch in range(state.epochs_done + 1, role.epochs + 1):
             epoch_start = time.perf_counter()
-            method.set_progress(epoch, role.epochs)
-            method.train()
-            sums = {"loss": torch.zeros((), device=device), "correct": torch.zeros((), device=device)}
-            terms_sum: dict[str, torch.Tensor] = {}
-            count = 0
-            watch = NonFiniteWatch(device)
             lr = optimizer.param_groups[0]["lr"]
-            bar = tqdm(
-                batch_indices(len(train), batch_size, shuffle=True, generator=shuffle_gen, drop_last=True),
-                total=steps, desc=f"{desc} {epoch}/{role.epochs}", leave=False,
-                disable=None if runtime.is_main else True,  # quiet off a terminal and on other ranks
-            )
-            for step, idx in enumerate(bar):
-                y = train.labels[idx].to(device, non_blocking=True)[shard]
-                if cache is None:
-                    # every rank augments the whole global batch (same generator) and keeps its
-                    # shard, so the images seen are those of a single-process run
-                    x = transform(train.images[idx], train_cfg.augment, aug_gen)[shard]
-                else:
-                    k = cache.view(epoch)
-                    x = transform(cache.views[k][idx[shard]])
-                    method.__dict__["cached_teacher_logits"] = cache.logits[k][idx[shard]].to(device, non_blocking=True)
-                if method.needs_indices:
-                    method.give_indices(idx[shard].to(device, non_blocking=True))
-                with runtime.autocast():
-                    logits, loss, terms = model(x, y)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                watch.update(step, loss, terms)
-                n = len(y)
-                count += n
-                sums["loss"] += loss.detach() * n
-                sums["correct"] += (logits.argmax(1) == y).sum()
-                for k, v in terms.items():
-                    terms_sum[k] = terms_sum.get(k, 0) + v * n
-            if runtime.distributed:  # epoch totals over all ranks: one collective per epoch
-                sums, terms_sum, count = all_reduce_sums(sums, terms_sum, count, device)
-            seen += count
-            watch.check(desc, epoch, steps, runtime.distributed)
-            train_loss = float(sums["loss"]) / count  # one sync per epoch, not per step
-            val_logits = predict_logits(method.student, val, transform, train_cfg.eval_batch_size, runtime.autocast)
-            val_loss = float(torch.nn.functional.cross_entropy(val_logits, val.labels))
-            val_acc = float((val_logits.argmax(1) == val.labels).float().mean())
+            totals = train_epoch(model, method, epoch, train, loader, optimizer, scheduler, state.parts["scaler"],
+                                 runtime, desc, role.epochs)
+            state.seen += totals.images
+            val_acc, val_loss = validate(method.student, val, transform, train_cfg.eval_batch_size, runtime.autocast)
             values = {
-                "train/loss": train_loss,
-                "train/acc": float(sums["correct"]) / count,
-                **{f"train/{k}": float(v) / count for k, v in terms_sum.items()},
+                "train/loss": totals.loss,
+                "train/acc": totals.accuracy,
+                **{f"train/{k}": v for k, v in totals.terms.items()},
                 "val/loss": val_loss,
                 "val/acc": val_acc,
                 "lr": lr,
@@ -212,38 +271,32 @@ def fit(
             }
             if device.type == "cuda":
                 values["gpu_peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-            history.append(values)
+            state.history.append(values)
             if logger is not None:
                 logger.log_epoch(epoch, values)
             log.info(
                 "%s epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  (%.1fs)",
-                desc, epoch, role.epochs, train_loss, values["train/acc"], val_loss, val_acc, values["epoch_seconds"],
+                desc, epoch, role.epochs, totals.loss, totals.accuracy, val_loss, val_acc, values["epoch_seconds"],
             )
-            if (val_acc, -val_loss) > (best[0], -best[1]):
-                best = (val_acc, val_loss)
-                best_epoch = epoch
-                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in method.student.state_dict().items()})
+            state.selection.offer(epoch, val_acc, val_loss, method.student)
             if checkpoints is not None and runtime.is_main and epoch < role.epochs:  # (after the last: the outputs)
-                checkpoints.save(epoch, {
-                    **{name: part.state_dict() for name, part in parts.items()}, "rng": rng_state(generators, device),
-                    "best": list(best), "best_epoch": best_epoch, "best_state": best_state, "history": history,
-                    "seen": seen, "seconds": prior_seconds + time.perf_counter() - start,
-                })
-    seconds = prior_seconds + time.perf_counter() - start
-    assert best_state is not None
+                checkpoints.save(epoch, state.to_dict(device, state.seconds + time.perf_counter() - start))
+    seconds = state.seconds + time.perf_counter() - start
+    best = state.selection
+    assert best.state is not None
     last_state = {k: v.detach().cpu().clone() for k, v in method.student.state_dict().items()}
-    method.student.load_state_dict(best_state)
+    method.student.load_state_dict(best.state)
     method.student.to("cpu").to(memory_format=torch.contiguous_format).eval()
     return FitResult(
         teacher_cache_seconds=cache.seconds if cache is not None else 0.0,
-        best_epoch=best_epoch,
-        best_val_accuracy=best[0],
-        best_val_loss=best[1],
-        last_val_accuracy=history[-1]["val/acc"],
+        best_epoch=best.epoch,
+        best_val_accuracy=best.accuracy,
+        best_val_loss=best.loss,
+        last_val_accuracy=state.history[-1]["val/acc"],
         epochs=role.epochs,
         train_seconds=seconds,
-        images_per_second=seen / seconds,
-        history=history,
+        images_per_second=state.seen / seconds,
+        history=state.history,
         last_state=last_state,
     )
 

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from kdpipe.methods.base import register_method
-from kdpipe.methods.feature_base import FeatureMethod, FeatureParams
-from kdpipe.methods.features import match_spatial
+from kdpipe.methods.common.base import register_method
+from kdpipe.methods.common.feature_base import FeatureMethod, FeatureParams
+from kdpipe.methods.common.features import match_spatial
 
 
 class ATParams(FeatureParams):
@@ -33,6 +33,6 @@ class AttentionTransfer(FeatureMethod):
     stages = (0, 1, 2, 3)
     Params = ATParams
 
-    def feature_loss(self):
+    def feature_loss(self, batch):
         pairs = zip(self.s_tap.features(), self.t_tap.features())
         return sum(at_loss(s, t, self.params.p) for s, t in pairs) / 2

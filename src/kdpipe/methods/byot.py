@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from kdpipe.methods.base import Method, register_method
-from kdpipe.methods.features import FeatureTap, default_stages, penultimate, probe_shapes
-from kdpipe.methods.kd import kd_divergence
+from kdpipe.methods.common.base import Method, register_method
+from kdpipe.methods.common.features import FeatureTap, default_stages, penultimate, probe_shapes
+from kdpipe.methods.common.losses import kd_divergence
 
 
 class BYOTParams(BaseModel):
@@ -49,7 +49,8 @@ class BeYourOwnTeacher(Method):
         final = penultimate(student)
         self.heads = nn.ModuleList(head(s[0], final.in_features, final.out_features) for s in shapes)
 
-    def forward(self, x, y):
+    def forward(self, batch):
+        x, y = batch.images, batch.labels
         logits = self.student(x)
         final_feat = self.tap.embedding().detach().float()
         final_logits = logits.detach()

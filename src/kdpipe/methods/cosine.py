@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from kdpipe.methods.base import register_method
-from kdpipe.methods.feature_base import FeatureMethod, FeatureParams
+from kdpipe.methods.common.base import register_method
+from kdpipe.methods.common.feature_base import FeatureMethod, FeatureParams
 
 
 class CosineParams(FeatureParams):
@@ -28,5 +28,5 @@ class CosineEmbedding(FeatureMethod):
     def build_parts(self):
         self.projection = nn.Linear(self.s_dim, self.t_dim) if self.s_dim != self.t_dim else nn.Identity()
 
-    def feature_loss(self):
+    def feature_loss(self, batch):
         return cosine_loss(self.projection(self.s_tap.embedding()), self.t_tap.embedding())

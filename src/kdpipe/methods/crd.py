@@ -26,8 +26,8 @@ from pydantic import Field
 from torch import nn
 
 from kdpipe.errors import ConfigError
-from kdpipe.methods.base import register_method
-from kdpipe.methods.feature_base import FeatureMethod, FeatureParams
+from kdpipe.methods.common.base import register_method
+from kdpipe.methods.common.feature_base import FeatureMethod, FeatureParams
 
 
 class CRDParams(FeatureParams):
@@ -75,10 +75,10 @@ class ContrastiveRD(FeatureMethod):
         self.register_buffer("memory_s", F.normalize(torch.randn(n, p.feat_dim), dim=1))
         self.register_buffer("memory_t", F.normalize(torch.randn(n, p.feat_dim), dim=1))
 
-    def feature_loss(self):
-        idx = self.__dict__.pop("batch_indices", None)
+    def feature_loss(self, batch):
+        idx = batch.indices
         if idx is None:
-            raise RuntimeError("crd: no sample indices for this batch (call give_indices before the forward)")
+            raise RuntimeError("crd: the batch has no sample indices (crd declares needs_indices)")
         p = self.params
         with torch.autocast(self.memory_s.device.type, enabled=False):  # unit vectors over τ = 0.07: keep fp32
             s = F.normalize(self.embed_s(self.s_tap.embedding().float()), dim=1)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from kdpipe.methods.base import Method, register_method
+from kdpipe.methods.common.base import Method, register_method
 
 
 class DKDParams(BaseModel):
@@ -37,8 +37,9 @@ class DecoupledKD(Method):
 
     Params = DKDParams
 
-    def forward(self, x, y):
-        teacher = self.teacher_logits(x)
+    def forward(self, batch):
+        x, y = batch.images, batch.labels
+        teacher = self.teacher.logits(batch)
         logits = self.student(x)
         p = self.params
         ramp = min(self.epoch / p.warmup_epochs, 1.0) if p.warmup_epochs else 1.0

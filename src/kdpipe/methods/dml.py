@@ -7,8 +7,8 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from kdpipe.methods.base import Method, register_method
-from kdpipe.methods.kd import kd_divergence
+from kdpipe.methods.common.base import Method, register_method
+from kdpipe.methods.common.losses import kd_divergence
 
 
 class DMLParams(BaseModel):
@@ -39,7 +39,8 @@ class DeepMutualLearning(Method):
         arch = self.params.peer_arch or self.context.student_arch
         self.peers = nn.ModuleList(build(arch) for _ in range(self.params.peers - 1))
 
-    def forward(self, x, y):
+    def forward(self, batch):
+        x, y = batch.images, batch.labels
         outputs = [self.student(x)] + [peer(x) for peer in self.peers]
         total, ce0, kl0 = 0.0, None, None
         for i, logits in enumerate(outputs):

@@ -4,9 +4,9 @@ on the last stage by default."""
 from pydantic import Field
 from torch import nn
 
-from kdpipe.methods.base import register_method
-from kdpipe.methods.feature_base import FeatureMethod, FeatureParams
-from kdpipe.methods.fitnets import hint_loss, regressor
+from kdpipe.methods.common.base import register_method
+from kdpipe.methods.common.feature_base import FeatureMethod, FeatureParams
+from kdpipe.methods.common.features import hint_loss, regressor
 
 
 class FeatureMSEParams(FeatureParams):
@@ -21,6 +21,6 @@ class FeatureMSE(FeatureMethod):
     def build_parts(self):
         self.regressors = nn.ModuleList(regressor(s[0], t[0]) for s, t in zip(self.s_shapes, self.t_shapes))
 
-    def feature_loss(self):
+    def feature_loss(self, batch):
         pairs = zip(self.regressors, self.s_tap.features(), self.t_tap.features())
         return sum(hint_loss(reg(s), t) for reg, s, t in pairs)

@@ -7,28 +7,18 @@ the link's KD loss plus ``weight`` times the MSE between regressed and teacher f
 
 from __future__ import annotations
 
-import torch
 from pydantic import Field
 from torch import nn
 
-from kdpipe.methods.base import register_method
-from kdpipe.methods.feature_base import FeatureMethod, FeatureParams
-from kdpipe.methods.features import match_spatial
+from kdpipe.methods.common.base import register_method
+from kdpipe.methods.common.feature_base import FeatureMethod, FeatureParams
+from kdpipe.methods.common.features import hint_loss, regressor
 
 
 class FitNetsParams(FeatureParams):
     weight: float = Field(1.0, ge=0)
     with_kd: bool = True
     hint_epochs: int = Field(0, ge=0, description="epochs of hint-only training before KD (stage 1)")
-
-
-def regressor(in_channels: int, out_channels: int) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
-
-
-def hint_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
-    s, t = match_spatial(student_feat.float(), teacher_feat.float())
-    return nn.functional.mse_loss(s, t)
 
 
 @register_method("fitnets")
@@ -41,7 +31,7 @@ class FitNets(FeatureMethod):
             regressor(s[0], t[0]) for s, t in zip(self.s_shapes, self.t_shapes)
         )
 
-    def feature_loss(self):
+    def feature_loss(self, batch):
         pairs = zip(self.regressors, self.s_tap.features(), self.t_tap.features())
         return sum(hint_loss(reg(s), t) for reg, s, t in pairs)
 

@@ -1,13 +1,14 @@
 """``none``: cross-entropy alone (teacher training, and the no-distillation baseline)."""
 
-from kdpipe.methods.base import Method, register_method
+from kdpipe.methods.common.base import Method, register_method
 
 
 @register_method("none")
 class CrossEntropyOnly(Method):
     needs_teacher = False
 
-    def forward(self, x, y):
+    def forward(self, batch):
+        x, y = batch.images, batch.labels
         logits = self.student(x)
         loss = self.cross_entropy(logits, y)
         return logits, loss, {"ce": loss.detach()}

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from kdpipe.methods.base import register_method
-from kdpipe.methods.feature_base import FeatureMethod, FeatureParams
+from kdpipe.methods.common.base import register_method
+from kdpipe.methods.common.feature_base import FeatureMethod, FeatureParams
 
 
 class PKTParams(FeatureParams):
@@ -29,5 +29,5 @@ class ProbabilisticKT(FeatureMethod):
     uses_embedding = True
     Params = PKTParams
 
-    def feature_loss(self):
+    def feature_loss(self, batch):
         return pkt_loss(self.s_tap.embedding(), self.t_tap.embedding())

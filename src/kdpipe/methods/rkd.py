@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from kdpipe.methods.base import register_method
-from kdpipe.methods.feature_base import FeatureMethod, FeatureParams
+from kdpipe.methods.common.base import register_method
+from kdpipe.methods.common.feature_base import FeatureMethod, FeatureParams
 
 
 class RKDParams(FeatureParams):
@@ -43,7 +43,7 @@ class RelationalKD(FeatureMethod):
     uses_embedding = True
     Params = RKDParams
 
-    def feature_loss(self):
+    def feature_loss(self, batch):
         s, t = self.s_tap.embedding(), self.t_tap.embedding()
         p = self.params
         return p.distance_weight * rkd_distance(s, t) + p.angle_weight * rkd_angle(s, t)

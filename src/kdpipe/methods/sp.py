@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from kdpipe.methods.base import register_method
-from kdpipe.methods.feature_base import FeatureMethod, FeatureParams
+from kdpipe.methods.common.base import register_method
+from kdpipe.methods.common.feature_base import FeatureMethod, FeatureParams
 
 
 class SPParams(FeatureParams):
@@ -28,5 +28,5 @@ class SimilarityPreserving(FeatureMethod):
     stages = (3,)
     Params = SPParams
 
-    def feature_loss(self):
+    def feature_loss(self, batch):
         return sum(sp_loss(s, t) for s, t in zip(self.s_tap.features(), self.t_tap.features()))

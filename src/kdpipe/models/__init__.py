@@ -1,5 +1,14 @@
-"""Models: the architecture registry with small-input adaptation, and checkpoints."""
+"""Models: the architecture registry (names listed here, built by ``models/registry.py``) and
+checkpoints. Validating ``<role>.arch`` reads only this table, not the model code."""
 
-from kdpipe.models.registry import MODELS, build_model, count_parameters
+from kdpipe.registry import Registry
 
-__all__ = ["MODELS", "build_model", "count_parameters"]
+ARCHITECTURES = {
+    "resnet18": "registry",
+    "resnet34": "registry",
+    "resnet50": "registry",
+    "mobilenet_v2": "registry",
+    "vgg11_bn": "registry",
+    "vgg16_bn": "registry",
+}
+MODELS = Registry("architecture", __name__, modules=ARCHITECTURES)

@@ -24,6 +24,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from kdpipe.errors import ConfigError
+from kdpipe.models import MODELS
 
 SMALL_INPUT_MAX = 64  # images this size or smaller use the small-input stem (unless pretrained)
 
@@ -33,9 +34,6 @@ class Spec:
 
     def __init__(self, factory: Callable[..., nn.Module], weights, adapt: Callable[..., None]):
         self.factory, self.weights, self.adapt = factory, weights, adapt
-
-
-MODELS: dict[str, Spec] = {}
 
 
 def _gray_from_rgb(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
@@ -111,10 +109,10 @@ for _name, _weights in (
     ("resnet34", tvm.ResNet34_Weights.IMAGENET1K_V1),
     ("resnet50", tvm.ResNet50_Weights.IMAGENET1K_V2),
 ):
-    MODELS[_name] = Spec(getattr(tvm, _name), _weights, _adapt_resnet)
-MODELS["mobilenet_v2"] = Spec(tvm.mobilenet_v2, tvm.MobileNet_V2_Weights.IMAGENET1K_V2, _adapt_mobilenet_v2)
+    MODELS.add(_name, Spec(getattr(tvm, _name), _weights, _adapt_resnet))
+MODELS.add("mobilenet_v2", Spec(tvm.mobilenet_v2, tvm.MobileNet_V2_Weights.IMAGENET1K_V2, _adapt_mobilenet_v2))
 for _name, _weights in (("vgg11_bn", tvm.VGG11_BN_Weights.IMAGENET1K_V1), ("vgg16_bn", tvm.VGG16_BN_Weights.IMAGENET1K_V1)):
-    MODELS[_name] = Spec(getattr(tvm, _name), _weights, _adapt_vgg)
+    MODELS.add(_name, Spec(getattr(tvm, _name), _weights, _adapt_vgg))
 
 
 def hub_file(weights) -> Path:

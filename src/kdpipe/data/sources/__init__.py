@@ -2,10 +2,19 @@
 
 A source returns raw uint8 images (N, C, H, W) with integer labels; it may provide its own
 test (and validation) split, otherwise prepare carves them out with a seeded stratified split.
-Each source lives in its own module and registers itself on import.
+Each source lives in a module of this package (the table says which) and registers itself when
+prepare first asks for it; validating ``data.dataset`` reads only the table.
 """
 
-from kdpipe.data.sources import digits, imagefolder, medmnist, torchvision_sets  # noqa: F401  (registers)
-from kdpipe.data.sources.base import SOURCES, SourceData, register_source
+from kdpipe.registry import Registry
 
-__all__ = ["SOURCES", "SourceData", "register_source"]
+SOURCE_MODULES = {
+    "digits": "digits",
+    "imagefolder": "imagefolder",
+    "medmnist": "medmnist",
+    "cifar10": "torchvision_sets",
+    "cifar100": "torchvision_sets",
+    "mnist": "torchvision_sets",
+    "fashion_mnist": "torchvision_sets",
+}
+SOURCES = Registry("data set", __name__, modules=SOURCE_MODULES)

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kdpipe.data.sources import SOURCES
+
 if TYPE_CHECKING:
     from kdpipe.config import DataConfig
 
@@ -23,12 +25,5 @@ class SourceData:
     report: dict[str, Any] = field(default_factory=dict)  # extra facts for metrics/prepare.json
 
 
-SOURCES: dict[str, Callable[[DataConfig], SourceData]] = {}
-
-
-def register_source(name: str):
-    def wrap(fn: Callable[[DataConfig], SourceData]):
-        SOURCES[name] = fn
-        return fn
-
-    return wrap
+def register_source(name: str) -> Callable[[Callable[[DataConfig], SourceData]], Callable[[DataConfig], SourceData]]:
+    return SOURCES.register(name)

@@ -10,9 +10,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from kdpipe.errors import ConfigError
-from kdpipe.methods.base import Method
-from kdpipe.methods.features import FeatureTap, default_stages, probe_shapes
-from kdpipe.methods.kd import kd_loss
+from kdpipe.methods.common.base import Method
+from kdpipe.methods.common.features import FeatureTap, default_stages, probe_shapes
+from kdpipe.methods.common.losses import kd_loss
 
 
 class FeatureParams(BaseModel):
@@ -30,7 +30,7 @@ class FeatureMethod(Method):
     Params = FeatureParams
 
     def setup(self):
-        student, teacher = self.student, self.teacher
+        student, teacher = self.student, self.teacher.network
         p, ctx = self.params, self.context
         where = f"{ctx.where}.{self.name}"
         s_layers = p.student_layers or self._defaults(ctx.student_arch, where)
@@ -56,11 +56,12 @@ class FeatureMethod(Method):
     def build_parts(self) -> None:
         """Create trainable parts (regressors, projections) from the probed shapes."""
 
-    def feature_loss(self) -> torch.Tensor:
+    def feature_loss(self, batch) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, x, y):
-        teacher = self.teacher_logits(x)  # fills the teacher taps
+    def forward(self, batch):
+        x, y = batch.images, batch.labels
+        teacher = self.teacher.logits(batch)  # fills the teacher taps
         logits = self.student(x)  # fills the student taps
         p = self.params
         if p.with_kd:
@@ -69,7 +70,7 @@ class FeatureMethod(Method):
         else:
             base = self.cross_entropy(logits, y)
             terms = {"ce": base.detach()}
-        feat = self.feature_loss()
+        feat = self.feature_loss(batch)
         terms[self.name] = feat.detach()
         return logits, self.combine(base, feat), terms
 

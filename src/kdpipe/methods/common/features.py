@@ -105,3 +105,12 @@ def match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch
         return a, b
     size = (min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3]))
     return nn.functional.adaptive_avg_pool2d(a, size), nn.functional.adaptive_avg_pool2d(b, size)
+
+
+def regressor(in_channels: int, out_channels: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+
+
+def hint_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
+    s, t = match_spatial(student_feat.float(), teacher_feat.float())
+    return nn.functional.mse_loss(s, t)

@@ -1,0 +1,43 @@
+"""The training steps' batches: shuffled indices, augmentation on the device, this DDP rank's
+shard, and what the method declares it needs (sample indices, cached teacher logits)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from kdpipe.config import AugmentConfig
+from kdpipe.data.batches import BatchTransform, batch_indices, num_batches
+from kdpipe.data.prepared import Split
+from kdpipe.engine.teacher_cache import TeacherCache
+from kdpipe.methods import Batch
+
+
+class StepLoader:
+    def __init__(
+        self, train: Split, transform: BatchTransform, augment: AugmentConfig, batch_size: int, shard: slice,
+        generators: dict[str, torch.Generator], device: torch.device, cache: TeacherCache | None = None,
+        with_indices: bool = False,
+    ):
+        self.train, self.transform, self.augment = train, transform, augment
+        self.batch_size, self.shard, self.device = batch_size, shard, device
+        self.shuffle, self.augment_gen = generators["shuffle"], generators["augment"]
+        self.cache, self.with_indices = cache, with_indices
+        self.steps = num_batches(len(train), batch_size, drop_last=True)
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        train, shard, device = self.train, self.shard, self.device
+        for idx in batch_indices(len(train), self.batch_size, shuffle=True, generator=self.shuffle, drop_last=True):
+            labels = train.labels[idx].to(device, non_blocking=True)[shard]
+            cached = None
+            if self.cache is None:
+                # every rank augments the whole global batch (same generator) and keeps its
+                # shard, so the images seen are those of a single-process run
+                images = self.transform(train.images[idx], self.augment, self.augment_gen)[shard]
+            else:  # the epoch's fixed view, with the teacher's logits on it
+                k = self.cache.view(epoch)
+                images = self.transform(self.cache.views[k][idx[shard]])
+                cached = self.cache.logits[k][idx[shard]].to(device, non_blocking=True)
+            indices = idx[shard].to(device, non_blocking=True) if self.with_indices else None
+            yield Batch(images, labels, indices, cached)

@@ -1,0 +1,1 @@
+"""Machinery shared by the methods: the base class, feature taps, common losses."""

@@ -1,0 +1,64 @@
+"""Registries whose names are known without importing their entries.
+
+params.yaml names methods, architectures and data sets; every stage validates those names, but
+a stage must import (and so depend on, in dvc.yaml) only the code it runs. A ``Registry`` lists
+its names from file names (or a small table of name -> module) and imports an entry's module the
+first time the entry is looked up; the module registers the entry as it is imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(Mapping[str, T], Generic[T]):
+    """``name -> entry``. With ``directory``, every ``<name>.py`` there (not ``_*`` and not
+    ``__init__``) is the module of entry ``name``; with ``modules``, the table says which module
+    of ``package`` holds each name."""
+
+    def __init__(self, kind: str, package: str, directory: Path | None = None, modules: dict[str, str] | None = None):
+        if (directory is None) == (modules is None):
+            raise ValueError("a registry takes a directory or a table of modules")
+        self.kind, self.package = kind, package
+        self._directory, self._modules = directory, modules
+        self._entries: dict[str, T] = {}
+
+    def names(self) -> list[str]:
+        if self._modules is not None:
+            return sorted(self._modules)
+        return sorted(p.stem for p in self._directory.glob("*.py") if not p.stem.startswith("_"))
+
+    def module_of(self, name: str) -> str:
+        """The module (relative to the package) that registers ``name``."""
+        return self._modules[name] if self._modules is not None else name
+
+    def add(self, name: str, entry: T) -> T:
+        self._entries[name] = entry
+        return entry
+
+    def register(self, name: str) -> Callable[[T], T]:
+        return lambda entry: self.add(name, entry)
+
+    def __getitem__(self, name: str) -> T:
+        if name not in self._entries:
+            if name not in self.names():
+                raise KeyError(name)
+            module = f"{self.package}.{self.module_of(name)}"
+            importlib.import_module(module)
+            if name not in self._entries:
+                raise LookupError(f"{module} does not register the {self.kind} '{name}'")
+        return self._entries[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self.names())
