@@ -281,3 +281,21 @@ def test_killed_experiment_queue_leaves_workspace_and_reruns(reproduced):
             os.killpg(follower.pid, signal.SIGKILL)
             follower.wait()
         kill_processes_in(ws)
+
+
+@pytest.mark.integration
+def test_single_item_with_a_missing_upstream_file_loses_nothing(reproduced):
+    """DVC removes a stage's outputs before running it, so `--single-item` with a deleted upstream
+    file leaves the stage's outputs gone and an error; everything comes back from the DVC cache and
+    git, byte for byte, and a plain `dvc repro` rebuilds the upstream file first."""
+    outputs = ["models/assistant.pt", "metrics/train_assistant.json", "plots/train/assistant/metrics.json"]
+    before = {rel: (reproduced / rel).read_bytes() for rel in outputs}
+    (reproduced / "models/teacher.pt").unlink()
+    failed = run(["dvc", "repro", "train_assistant", "--single-item"], reproduced, check=False)
+    assert failed.returncode != 0
+    assert not (reproduced / "models/assistant.pt").exists()
+    run(["dvc", "checkout"], reproduced)
+    run(["git", "checkout", "--", "metrics", "plots"], reproduced)
+    assert {rel: (reproduced / rel).read_bytes() for rel in outputs} == before
+    assert (reproduced / "models/teacher.pt").is_file()
+    assert run(["dvc", "status", "dvc.yaml", "--json"], reproduced).stdout.strip() == "{}"

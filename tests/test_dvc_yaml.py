@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import IMPORT_LOG, ROOT
+from conftest import IMPORT_LOG, ROOT, run
 
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s+(kdpipe(?:\.\w+)*)\s*$")
@@ -85,3 +85,48 @@ def test_no_training_stage_has_a_persistent_output():
 
 def test_pipeline_order():
     assert list(STAGES) == ["prepare", "train_teacher", "train_assistant", "distill_student", "quantize", "evaluate"]
+
+
+def dvc_status(ws) -> dict:
+    import json
+
+    return json.loads(run(["dvc", "status", "--json"], ws).stdout or "{}")
+
+
+@pytest.mark.integration
+def test_editing_a_method_file_reruns_only_the_links_that_use_it(reproduced):
+    with open(reproduced / "src/kdpipe/methods/dkd.py", "a") as fh:  # a method the params do not use
+        fh.write("# an edit\n")
+    assert dvc_status(reproduced) == {}
+    with open(reproduced / "src/kdpipe/methods/kd.py", "a") as fh:  # the method of both links (and of QAT)
+        fh.write("# an edit\n")
+    changed = set(dvc_status(reproduced))
+    assert changed == {"train_assistant", "distill_student", "quantize"}, changed
+
+
+@pytest.mark.integration
+def test_an_experiment_run_before_comes_back_from_the_run_cache(reproduced):
+    committed = (reproduced / "metrics/train_student.json").read_text()
+    first = run(["dvc", "exp", "run", "-S", "distill.temperature=2"], reproduced)
+    assert "Running stage 'distill_student'" in first.stdout, first.stdout
+    # back to the committed value: every stage comes back from DVC's run-cache, none runs
+    back = run(["dvc", "exp", "run", "-S", "distill.temperature=4.0"], reproduced)
+    assert "Running stage" not in back.stdout, back.stdout
+    assert "Stage 'distill_student' is cached - skipping run, checking out outputs" in back.stdout, back.stdout
+    assert (reproduced / "metrics/train_student.json").read_text() == committed
+
+
+@pytest.mark.integration
+def test_teacher_chunk_is_output_neutral_for_the_teacher_stage(reproduced, reproduced_template):
+    """train.teacher_chunk is not a param of train_teacher (the teacher learns from labels alone):
+    a run with another value writes the same model, byte for byte, and the same metrics."""
+    import json
+
+    from conftest import write_params
+
+    write_params(reproduced, **{"train.teacher_chunk": 7})
+    run(["python", "src/train_teacher.py"], reproduced)
+    assert (reproduced / "models/teacher.pt").read_bytes() == (reproduced_template / "models/teacher.pt").read_bytes()
+    timings = ("train_seconds", "images_per_second")
+    new, old = (json.loads((ws / "metrics/train_teacher.json").read_text()) for ws in (reproduced, reproduced_template))
+    assert {k: v for k, v in new.items() if k not in timings} == {k: v for k, v in old.items() if k not in timings}

@@ -64,7 +64,10 @@ def test_dvc_repro_then_experiment(workspace):
     for rel in EXPECTED_FILES:
         assert (workspace / rel).is_file(), f"{rel} missing after dvc repro:\n{repro.stdout}"
 
-    ev = json.loads((workspace / "metrics/evaluate.json").read_text())
+    summary = json.loads((workspace / "metrics/evaluate.json").read_text())
+    ev = json.loads((workspace / "metrics/evaluate_detail.json").read_text())
+    assert summary == {name: {k: row[k] for k in ("accuracy", "f1_macro", "ece", "size_mb", "latency_ms")}
+                       for name, row in ev.items()}
     deployed = ("student_onnx", "student_int8", "student_dynamic_int8", "student_qat")
     assert set(ev) == {"teacher", "assistant", "student", *deployed}
     metric_keys = {"accuracy", "top3_accuracy", "auc_macro", "auc_micro", "auc_weighted", "ece", "nll", "brier",

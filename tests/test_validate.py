@@ -115,21 +115,37 @@ def test_compare_tolerance_and_timings():
     committed = {"e.json": {"student": {"accuracy": 0.97, "top3_accuracy": 0.99, "latency_ms": 4.0},
                             "teacher": {"accuracy": 0.98}, "int8": {"accuracy": 0.96}, "old": {"accuracy": 0.5}}}
     new = {"e.json": {"student": {"accuracy": 0.96, "top3_accuracy": 0.99, "latency_ms": 40.0},  # 1 pt drop
-                      "teacher": {"accuracy": 0.9772}, "int8": {"accuracy": 0.97}, "extra": {"accuracy": 0.1}}}
+                      "teacher": {"accuracy": 0.9772}, "int8": {"accuracy": 0.97}, "extra": {"accuracy": 0.1},
+                      "qat": {"accuracy": 0.9628}}}
+    committed["e.json"]["qat"] = {"accuracy": 0.96}
     rows = {r.key: r for r in v.compare(committed, new, tolerance=0.005)}
     assert {k: r.verdict for k, r in rows.items()} == {
         "student.accuracy": "REGRESSION",
         "student.top3_accuracy": "same",
         "teacher.accuracy": "worse (within tolerance)",  # 0.28 pt: one test image on the default data
-        "int8.accuracy": "better",
+        "int8.accuracy": "CHANGED",  # 1 pt better: the committed number is stale all the same
+        "qat.accuracy": "better (within tolerance)",
         "old.accuracy": "MISSING",
         "extra.accuracy": "new",
     }
-    assert [r.key for r in rows.values() if r.failed] == ["student.accuracy", "old.accuracy"]
+    assert [r.key for r in rows.values() if r.failed] == ["student.accuracy", "int8.accuracy", "old.accuracy"]
     assert v.compare(committed, new, tolerance=0.02)[0].verdict == "worse (within tolerance)"
     table = v.comparison_markdown(list(rows.values()), 0.005)
     assert "| e.json: student.accuracy | 0.97 | 0.96 | -0.01 | **REGRESSION** |" in table
     assert "latency" not in table
+
+
+def test_exactness_is_claimed_only_on_the_same_cpu_family_and_precision():
+    amx = {"metrics/train_student.json": {"cpu_isa": "amx_bf16", "precision": "bf16"}}
+    avx2 = {"metrics/train_student.json": {"cpu_isa": "avx2", "precision": "fp32"}}
+    same = [v.Row("f", "a.accuracy", 0.9, 0.9, "same")]
+    off = same + [v.Row("f", "b.accuracy", 0.9, 0.8972, "worse (within tolerance)")]
+    assert "every accuracy is identical" in v.exactness_markdown(amx, amx, same)
+    assert "**only 1 of 2 accuracies are identical**" in v.exactness_markdown(amx, amx, off)
+    text = v.exactness_markdown(amx, avx2, off)
+    assert "**Exact comparison is impossible**" in text and "cpu_isa amx_bf16, precision bf16" in text
+    assert "cpu_isa avx2, precision fp32" in text and "identical" not in text
+    assert "unrecorded" in v.exactness_markdown({}, avx2, same)
 
 
 def test_never_reproduced_workspace_fails_fast(workspace, monkeypatch, capsys, tmp_path):

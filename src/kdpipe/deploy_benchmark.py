@@ -91,8 +91,12 @@ def print_table(rows: dict[str, dict], cfg: EvaluateConfig) -> None:
           f"warm-up; speed-up and size ratios against the first file)")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and every option's default."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="kdpipe-deploy-benchmark", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("files", nargs="*", type=Path, default=DEFAULT_FILES)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=64, help="batch size of the throughput measurement")

@@ -135,10 +135,20 @@ def write_model_table(results: dict[str, dict], batch: int) -> None:
               [[n, r["accuracy"], r["size_mb"], r["latency_ms"], r[f"throughput_b{batch}"]] for n, r in results.items()])
 
 
+# What a person scans across experiments (``dvc exp show``: five columns a model); the rest of
+# each row is in metrics/evaluate_detail.json and metrics/evaluate_splits.json.
+SUMMARY_KEYS = ("accuracy", "f1_macro", "ece", "size_mb", "latency_ms")
+
+
+def summary(rows: dict[str, dict]) -> dict[str, dict]:
+    return {name: {k: row[k] for k in SUMMARY_KEYS} for name, row in rows.items()}
+
+
 def run_evaluate(params: Params) -> None:
     results = evaluate_all(params)
     write_model_table(results["test"], params.evaluate.throughput_batch)
-    write_json(paths.EVALUATE_METRICS, results["test"])
+    write_json(paths.EVALUATE_METRICS, summary(results["test"]))
+    write_json(paths.EVALUATE_DETAIL, results["test"])
     write_json(paths.EVALUATE_SPLITS_METRICS, {s: rows for s, rows in results.items() if s != "test"})
     for name, row in results["test"].items():
         log.info("%-21s acc %.4f  ece %.4f  %8.3f MB  %7.3f ms", name, row["accuracy"], row["ece"], row["size_mb"],

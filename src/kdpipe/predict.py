@@ -8,7 +8,9 @@ cannot be read gets a line with ``error`` and does not stop the others.
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +20,9 @@ import numpy as np
 import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from kdpipe.data.decode import decode_files
-from kdpipe.model_file import ModelFile, normalise
+from kdpipe.data.sources.decode import decode_files
+from kdpipe.errors import KdpipeError
+from kdpipe.model_file import ModelFile, normalise, open_model
 
 CHUNK = 1024  # images decoded and held at once
 
@@ -88,3 +91,29 @@ def predict_files(
                 done += 1
             out.flush()
     return done, failed
+
+
+CLI_DOC = "Predict the classes of image files or folders: one JSON line per image on standard output."
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kdpipe-predict", description=CLI_DOC, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
+    parser.add_argument("--model", default="models/student_int8.onnx", help="a kdpipe .pt checkpoint or .onnx file")
+    parser.add_argument("--topk", type=int, default=5, help="classes listed per image (capped at the class count)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the runtime's choice)")
+    parser.add_argument("--workers", type=int, default=1, help="image decoding processes (0 = all cores)")
+    args = parser.parse_args(argv)
+    if args.topk < 1 or args.batch_size < 1:
+        parser.error("--topk and --batch-size must be at least 1")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    try:
+        model = open_model(args.model)
+    except KdpipeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    done, failed = predict_files(model, args.paths, args.topk, args.batch_size, args.threads, args.workers)
+    if failed:
+        print(f"{failed} of {done + failed} images could not be predicted (see their \"error\" lines)", file=sys.stderr)
+    return 1 if failed else 0

@@ -17,6 +17,7 @@ from kdpipe.io import read_json, write_text
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 METHODS_START, METHODS_END = "<!-- methods:start -->", "<!-- methods:end -->"
+METHODS_PAGE = Path("docs/methods.md")  # beside the README: the methods table lives there
 ROWS = [
     ("teacher", "teacher"),
     ("assistant", "assistant"),
@@ -65,7 +66,7 @@ def results_table(evaluate: dict, train: dict[str, dict] | None = None) -> str:
 
 
 def load_run(metrics_dir: Path = paths.METRICS_DIR) -> tuple[dict, dict]:
-    evaluate = read_json(metrics_dir / paths.EVALUATE_METRICS.name)
+    evaluate = read_json(metrics_dir / paths.EVALUATE_DETAIL.name)
     train = {}
     for role in ("teacher", "assistant", "student"):
         path = metrics_dir / f"train_{role}.json"
@@ -84,14 +85,15 @@ def update_readme(readme: Path, table: str, start: str = START, end: str = END) 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--readme", nargs="?", const="README.md", help="update the table in this README")
+    parser.add_argument("--readme", nargs="?", const="README.md",
+                        help="update the results table in this README (and the methods table in docs/methods.md)")
     args = parser.parse_args(argv)
     table = results_table(*load_run())
     methods = markdown_table(read_json(METHODS_METRICS)) if METHODS_METRICS.is_file() else None
     if args.readme:
         update_readme(Path(args.readme), table)
         if methods:
-            update_readme(Path(args.readme), methods, METHODS_START, METHODS_END)
+            update_readme(Path(args.readme).parent / METHODS_PAGE, methods, METHODS_START, METHODS_END)
     else:
         sys.stdout.write(table + "\n" + (f"\n{methods}\n" if methods else ""))
 

@@ -14,7 +14,7 @@ from kdpipe.config import DistillConfig, Params
 from kdpipe.data.prepared import load_meta, load_prepared
 from kdpipe.distributed import is_main_process
 from kdpipe.engine.resume import EpochCheckpoints, code_digest, fingerprint
-from kdpipe.engine.runtime import setup_runtime, teacher_chunk
+from kdpipe.engine.runtime import cpu_isa, setup_runtime, teacher_chunk
 from kdpipe.engine.trainer import EpochLogger, FitResult, fit, summary
 from kdpipe.errors import MissingInputError
 from kdpipe.io import sha256_file, write_json
@@ -141,6 +141,7 @@ def train_role(params: Params, role: str) -> None:
             "extra_params": trained.extra_params,
             "precision": trained.precision,
             "device": trained.device,
+            "cpu_isa": cpu_isa(),
             **summary(result),
         },
     )

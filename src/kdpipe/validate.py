@@ -9,8 +9,12 @@
    are fine.
 2. The default pipeline is re-run with ``dvc repro --force dvc.yaml``: every stage recomputed,
    nothing restored from DVC's run-cache.
-3. Every accuracy in the metrics files (keys containing "acc"; timings never) is compared with
-   the committed value: a drop larger than ``validate.tolerance`` (params.yaml) fails.
+3. Every accuracy in the pipeline's JSON metrics outputs (keys containing "acc"; timings never)
+   is compared with the committed value: a change larger than ``validate.tolerance``
+   (params.yaml), down or up, fails. Runs on the same CPU family (``cpu_isa`` in the training
+   metrics) and precision as the committed run are deterministic, so the report expects every
+   accuracy identical there and says whether it is; on another family or precision an exact
+   comparison is impossible, and the report says so before comparing within the tolerance.
 4. Markdown to stdout and to ``--summary`` (default: $GITHUB_STEP_SUMMARY): the comparison and
    ``dvc metrics diff`` / ``dvc params diff`` against ``--base``.
 
@@ -80,11 +84,11 @@ class Row:
     key: str
     committed: float | None
     new: float | None
-    verdict: str  # "same", "better", "worse (within tolerance)", "REGRESSION", "MISSING", "new"
+    verdict: str  # "same", "better/worse (within tolerance)", "REGRESSION", "CHANGED", "MISSING", "new"
 
     @property
     def failed(self) -> bool:
-        return self.verdict in ("REGRESSION", "MISSING")
+        return self.verdict in ("REGRESSION", "CHANGED", "MISSING")
 
 
 def compare(committed: dict[str, Any], new: dict[str, Any], tolerance: float) -> list[Row]:
@@ -102,10 +106,10 @@ def compare(committed: dict[str, Any], new: dict[str, Any], tolerance: float) ->
                 verdict = "new"
             elif cur == old:
                 verdict = "same"
+            elif abs(cur - old) > tolerance + 1e-9:  # up as well as down: the committed numbers are stale
+                verdict = "REGRESSION" if cur < old else "CHANGED"
             elif cur > old:
-                verdict = "better"
-            elif old - cur > tolerance + 1e-9:
-                verdict = "REGRESSION"
+                verdict = "better (within tolerance)"
             else:
                 verdict = "worse (within tolerance)"
             rows.append(Row(file, key, old, cur, verdict))
@@ -113,10 +117,42 @@ def compare(committed: dict[str, Any], new: dict[str, Any], tolerance: float) ->
 
 
 def metrics_files(dvc_file: str | Path = DEFAULT_PIPELINE) -> list[str]:
-    """The files listed under ``metrics:`` in a dvc.yaml, relative to the repository root."""
+    """Every JSON output of a pipeline's stages (the summaries under ``metrics:`` and the detail
+    beside them), relative to the repository root."""
     dvc_file = Path(dvc_file)
     spec = yaml.safe_load(dvc_file.read_text()) or {}
-    return [os.path.normpath(dvc_file.parent / m) for m in spec.get("metrics", [])]
+    found = []
+    for stage in (spec.get("stages") or {}).values():
+        for entry in stage.get("outs", []) or []:
+            path = entry if isinstance(entry, str) else next(iter(entry))
+            if path.endswith(".json") and "$" not in path:
+                found.append(os.path.normpath(dvc_file.parent / stage.get("wdir", ".") / path))
+    return sorted(found)
+
+
+RUN_FACTS = ("cpu_isa", "precision")  # what decides whether a re-run can match exactly
+
+
+def run_facts(metrics: dict[str, Any]) -> dict[str, Any]:
+    """CPU family and precision of a run, from its student's training metrics."""
+    train = next((v for k, v in metrics.items() if k.endswith("train_student.json")), None) or {}
+    return {k: train.get(k) for k in RUN_FACTS}
+
+
+def exactness_markdown(committed: dict[str, Any], new: dict[str, Any], rows: list[Row]) -> str:
+    old, cur = run_facts(committed), run_facts(new)
+    same = sum(r.verdict == "same" for r in rows)
+    if old == cur and None not in old.values():
+        verdict = ("every accuracy is identical, as a deterministic run must give" if same == len(rows)
+                   else f"**only {same} of {len(rows)} accuracies are identical**, although determinism promises all")
+        return f"Same CPU family and precision as the committed run ({_facts(cur)}): {verdict}."
+    return (f"**Exact comparison is impossible**: the committed metrics were made on {_facts(old)}, this re-run on "
+            f"{_facts(cur)}; floating-point results differ between CPU families and precisions, so the accuracies "
+            "are compared within the tolerance.")
+
+
+def _facts(facts: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v if v is not None else 'unrecorded'}" for k, v in facts.items())
 
 
 def read_metrics(files: list[str]) -> dict[str, Any]:
@@ -277,7 +313,7 @@ def _fmt(value: float | None) -> str:
 
 def comparison_markdown(rows: list[Row], tolerance: float) -> str:
     lines = [
-        f"### Accuracies: committed vs re-run (fail on a drop > {tolerance:g})",
+        f"### Accuracies: committed vs re-run (fail on a change > {tolerance:g})",
         "",
         "| metric | committed | re-run | diff | verdict |",
         "|---|---:|---:|---:|---|",
@@ -302,11 +338,12 @@ def diff_markdown(kind: str, base: str) -> tuple[str, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kdpipe.validate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m kdpipe.validate", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--base", default="HEAD", help="git revision the metrics and params diffs compare with")
     parser.add_argument(
         "--summary", default=os.environ.get("GITHUB_STEP_SUMMARY"),
-        help="also append the Markdown report to this file (default: $GITHUB_STEP_SUMMARY)",
+        help="also append the Markdown report to this file ($GITHUB_STEP_SUMMARY when set)",
     )
     parser.add_argument("--no-repro", action="store_true", help="only the stale check and the diffs; no re-run")
     args = parser.parse_args(argv)
@@ -337,8 +374,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kdpipe validate: dvc repro --force {DEFAULT_PIPELINE} (every stage recomputed)", file=sys.stderr)
         if dvc("repro", "--force", DEFAULT_PIPELINE, capture=False).returncode != 0:
             return finish(report + ["", "**`dvc repro` failed** (see the log)."], args.summary, 1)
-        rows = compare(committed, read_metrics(files), tolerance)
-        report += ["", comparison_markdown(rows, tolerance)]
+        rerun = read_metrics(files)
+        rows = compare(committed, rerun, tolerance)
+        report += ["", exactness_markdown(committed, rerun, rows), "", comparison_markdown(rows, tolerance)]
         failures += [f"{r.file}: {r.key} {r.verdict}: committed {_fmt(r.committed)}, re-run {_fmt(r.new)}"
                      for r in rows if r.failed]
 

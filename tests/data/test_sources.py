@@ -269,3 +269,20 @@ def test_real_cifar10_jpeg_tree(tmp_path):
     assert m["per_class"]["test"]["cat"] == 1000 and m["skipped_corrupt"] == 0
     assert m["images_per_second"] == pytest.approx(60000 / m["seconds"], rel=0.01)
     print(f"real CIFAR-10 prepare: {m['seconds']} s, {m['images_per_second']} img/s, peak {m['peak_memory_mb']} MB")
+
+
+def test_decoding_workers_are_output_neutral(tmp_path, monkeypatch):
+    """data.workers is not a DVC param of prepare (dvc.yaml): the prepared bytes must not depend on it."""
+    from kdpipe.data.sources import decode
+
+    monkeypatch.setattr(decode, "CHUNK", 16)  # several chunks, so two workers really share them
+    root = make_tree(tmp_path / "tree", n=40, maker=rgb)
+    prepared = {}
+    for workers in (1, 2):
+        out = tmp_path / f"prepared-{workers}"
+        prepare(cfg(root, dataset="imagefolder", workers=workers), 0, out, tmp_path / f"prepare-{workers}.json")
+        prepared[workers] = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    assert prepared[1] == prepared[2] and len(prepared[1]) > 1
+    timings = ("seconds", "images_per_second", "peak_memory_mb")
+    facts = [{k: v for k, v in read_json(tmp_path / f"prepare-{w}.json").items() if k not in timings} for w in (1, 2)]
+    assert facts[0] == facts[1]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 
 import pytest
@@ -15,7 +16,7 @@ from kdpipe.data.prepared import PreparedData, PreparedMeta, Split
 from kdpipe.engine.compile import compiled
 from kdpipe.engine.runtime import setup_runtime
 from kdpipe.engine.trainer import fit
-from kdpipe.methods import MethodContext, build_method
+from kdpipe.methods import Batch, MethodContext, build_method
 from kdpipe.models.registry import build_model
 
 
@@ -119,9 +120,9 @@ def test_torchrun_stage_with_two_processes(tmp_path):
     # and the result is the uninterrupted DDP run's, byte for byte
     model = (ws / "models/teacher.pt").read_bytes()
     proc = start(["python", "src/train_teacher.py"], ws)
-    assert kill_when(proc, lambda: (ws / "models/checkpoints/teacher/epoch-0002.pt.sha256").is_file())
+    assert kill_when(proc, lambda: any((ws / ".kdpipe/resume/teacher").glob("*/epoch-0002.pt.sha256")))
     resumed = run(["python", "src/train_teacher.py"], ws)
-    assert "resuming from models/checkpoints/teacher/epoch-0002.pt" in resumed.stderr, resumed.stderr
+    assert re.search(r"resuming from \.kdpipe/resume/teacher/\w+/epoch-0002\.pt", resumed.stderr), resumed.stderr
     assert (ws / "models/teacher.pt").read_bytes() == model
     again = json.loads((ws / "metrics/train_teacher.json").read_text())
     assert [again[k] for k in ("best_val_accuracy", "last_val_accuracy")] == [ddp[k] for k in ("best_val_accuracy", "last_val_accuracy")]
@@ -158,15 +159,16 @@ def test_cached_teacher_runs_the_teacher_once_per_view():
     result = fit(method, role, train_cfg, data, setup_runtime(train_cfg, seed=0), seed=0)
     assert sum(calls) == 2 * 256 and len(calls) == 2 * 4  # 2 views x 256 images in batches of 64
     assert all(torch.isfinite(torch.tensor(h["train/loss"])) for h in result.history)
-    assert "cached_teacher_logits" not in method.__dict__
 
 
 def test_cache_refused_for_feature_methods():
     from kdpipe.config import StudentDistillConfig
+    from kdpipe.errors import ConfigError
+    from kdpipe.methods import check_link
 
-    with pytest.raises(ValueError, match="cache_views: method 'at' reads the teacher's features"):
-        StudentDistillConfig(method="at", cache_views=2)
-    assert StudentDistillConfig(method="dkd", cache_views=2).cache_views == 2
+    with pytest.raises(ConfigError, match="distill.cache_views: method 'at' reads the teacher's features"):
+        check_link(StudentDistillConfig(method="at", cache_views=2), "distill")
+    check_link(StudentDistillConfig(method="dkd", cache_views=2), "distill")
 
 
 def test_compiled_teacher_is_frozen():
@@ -177,11 +179,12 @@ def test_compiled_teacher_is_frozen():
     teacher = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                             nn.Flatten(), nn.Linear(8, 4)).eval()
     method = build_method("kd", _net(), teacher, DistillConfig(method="kd"))
-    x = torch.randn(4, 1, 8, 8)
+    batch = Batch(torch.randn(4, 1, 8, 8), None)
     with compiled(method, True), torch.no_grad():
-        before = method.teacher_logits(x)
+        before = method.teacher.logits(batch)
         teacher[0].weight.zero_()
-        assert torch.equal(method.teacher_logits(x), before)
-        eager = teacher(x)
+        assert torch.equal(method.teacher.logits(batch), before)
+        eager = teacher(batch.images)
     assert not torch.allclose(eager, before)  # the module itself did change
-    assert method.teacher is teacher  # restored after the block
+    assert torch.equal(method.teacher.logits(batch), eager)  # the eager teacher again after the block
+    assert "forward" not in vars(method.student)  # the student's compiled forward undone too

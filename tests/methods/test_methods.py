@@ -116,3 +116,14 @@ def test_dkd_warmup_ramps_the_term():
     method.set_progress(1, 8)
     _, early, t1 = method(Batch(x, y))
     assert early.item() == pytest.approx(t1["ce"].item() + 0.25 * t1["dkd"].item(), rel=1e-5)
+
+
+def test_the_methods_page_lists_every_registered_method():
+    """docs/methods.md's table is checked against the registry: a new method file must be documented."""
+    import re
+
+    from conftest import ROOT
+
+    text = (ROOT / "docs/methods.md").read_text()
+    table = text[text.index("| method | what the student learns from"):].split("\n\n", 1)[0]
+    assert set(re.findall(r"^\| `(\w+)` \|", table, re.M)) == set(METHODS)

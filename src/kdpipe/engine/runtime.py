@@ -25,6 +25,22 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
+def cpu_isa() -> str:
+    """The CPU family as far as floating-point results go: ``amx_bf16`` or ``avx512_bf16`` where
+    the CPU has them, else the vector ISA PyTorch dispatches to (``avx512``, ``avx2``, ...).
+    Recorded with the training metrics: re-validation expects identical numbers only on the same."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = set(next((line for line in fh if line.startswith("flags")), ":").split(":", 1)[1].split())
+    except OSError:
+        pass
+    for flag in ("amx_bf16", "avx512_bf16"):
+        if flag in flags:
+            return flag
+    return torch.backends.cpu.get_cpu_capability().lower()
+
+
 @dataclass(frozen=True)
 class Runtime:
     device: torch.device
