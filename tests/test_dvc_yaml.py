@@ -130,3 +130,20 @@ def test_teacher_chunk_is_output_neutral_for_the_teacher_stage(reproduced, repro
     timings = ("train_seconds", "images_per_second")
     new, old = (json.loads((ws / "metrics/train_teacher.json").read_text()) for ws in (reproduced, reproduced_template))
     assert {k: v for k, v in new.items() if k not in timings} == {k: v for k, v in old.items() if k not in timings}
+
+
+@pytest.mark.integration
+def test_artifacts_come_out_of_the_model_registry(reproduced, tmp_path):
+    """dvc.yaml's `artifacts:` names the deployable files: a version registered the GTO way (a git
+    tag `<name>@v<semver>`) is fetched from a local clone with `dvc artifacts get`."""
+    artifacts = yaml.safe_load((reproduced / "dvc.yaml").read_text())["artifacts"]
+    assert {"teacher", "student", "student-onnx", "student-int8", "student-qat-int8"} <= set(artifacts)
+    for name, spec in artifacts.items():
+        assert spec["type"] == "model" and spec["desc"] and spec["labels"], name
+        assert any(spec["path"] in (o if isinstance(o, str) else next(iter(o))) for s in STAGES.values()
+                   for o in s.get("outs", [])), f"{name}: {spec['path']} is no stage's output"
+    run(["git", "tag", "-a", "student-int8@v1.0.0", "-m", "Registering artifact student-int8 version v1.0.0"],
+        reproduced)
+    out = tmp_path / "student_int8.onnx"
+    run(["dvc", "artifacts", "get", str(reproduced), "student-int8", "--rev", "v1.0.0", "-o", str(out)], tmp_path)
+    assert out.read_bytes() == (reproduced / "models/student_int8.onnx").read_bytes()
