@@ -121,8 +121,8 @@ def engine(args) -> dict:
     from torchvision.datasets.folder import find_classes, make_dataset
 
     from kdpipe.config import AugmentConfig, DistillConfig, RoleConfig, TrainConfig
-    from kdpipe.data.sources.decode import decode_files
     from kdpipe.data.prepared import PreparedData, PreparedMeta, Split
+    from kdpipe.data.sources.decode import decode_files
     from kdpipe.engine.runtime import setup_runtime, teacher_chunk
     from kdpipe.engine.trainer import fit
     from kdpipe.methods import MethodContext, build_method

@@ -16,10 +16,15 @@ def distributed_env() -> tuple[int, int, int]:
     return int(env.get("RANK", "0")), int(env.get("LOCAL_RANK", "0")), int(env.get("WORLD_SIZE", "1"))
 
 
+def launched_by_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ
+
+
 def init_distributed(device: torch.device) -> tuple[int, int]:
-    """Join the torchrun job (NCCL on GPUs, gloo on CPUs) once; returns (rank, world size)."""
+    """Join the torchrun job (NCCL on GPUs, gloo on CPUs) once, a job of one process included
+    (so that one GPU exercises the multi-GPU path); returns (rank, world size)."""
     rank, _, world = distributed_env()
-    if world > 1 and not torch.distributed.is_initialized():
+    if launched_by_torchrun() and not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return rank, world
 
@@ -36,7 +41,7 @@ def die_with_launcher() -> None:
     on their own.
     Linux only; elsewhere a no-op.
     """
-    if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
+    if not launched_by_torchrun() or not sys.platform.startswith("linux"):
         return
     launcher = os.getppid()
     pr_set_pdeathsig = 1

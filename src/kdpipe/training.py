@@ -7,7 +7,6 @@ import logging
 from dataclasses import dataclass
 
 import torch
-from dvclive import Live
 
 from kdpipe import paths
 from kdpipe.config import DistillConfig, Params
@@ -29,7 +28,7 @@ ROLE_SEED_OFFSET = {"teacher": 0, "assistant": 1000, "student": 2000}
 class DvcLiveLogger:
     """Per-epoch metrics through dvclive; dvc.yaml declares the plots itself."""
 
-    def __init__(self, live: Live):
+    def __init__(self, live):
         self.live = live
 
     def log_epoch(self, epoch: int, values: dict[str, float]) -> None:
@@ -122,6 +121,10 @@ def train_role(params: Params, role: str) -> None:
     if not is_main_process():  # DDP: the other ranks train; rank 0 logs and writes
         train_link(params, role, checkpoints=checkpoints)
         return
+    from dvclive import Live  # here, not at the top: train_link runs without DVC (benchmarks/gpu_acceptance.py)
+
+    # (dvclive's own Live(resume=True) cannot continue a killed run: DVC deletes the stage's
+    # outputs, this folder included, before it runs the stage again; the epochs are replayed instead)
     with Live(dir=str(paths.live_dir(role)), dvcyaml=False, save_dvc_exp=False, report=None) as live:
         trained = train_link(params, role, logger=DvcLiveLogger(live), checkpoints=checkpoints)
     result = trained.result

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from kdpipe.methods.at import at_loss, attention_map
+from kdpipe.methods.common.features import hint_loss
 from kdpipe.methods.cosine import cosine_loss
 from kdpipe.methods.dkd import dkd_loss
-from kdpipe.methods.common.features import hint_loss
 from kdpipe.methods.pkt import pkt_loss
 from kdpipe.methods.rkd import rkd_angle, rkd_distance
 from kdpipe.methods.sp import sp_loss

@@ -47,10 +47,7 @@ class Runtime:
     precision: str  # fp32 | bf16 | fp16
     rank: int = 0  # this process in a torchrun (DDP) job
     world_size: int = 1
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
+    distributed: bool = False  # in a torchrun job (DDP), of one process or more
 
     @property
     def is_main(self) -> bool:
@@ -124,7 +121,8 @@ def setup_runtime(cfg: TrainConfig, seed: int) -> Runtime:
         torch.backends.cudnn.benchmark = True
     seed_everything(seed)  # the same on every rank: same initial weights, same batch order
     rank, world = init_distributed(device)
-    return Runtime(device, resolve_precision(cfg.precision, device), rank, world)
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return Runtime(device, resolve_precision(cfg.precision, device), rank, world, distributed)
 
 
 def teacher_chunk(cfg: TrainConfig, device: torch.device) -> int:

@@ -157,8 +157,8 @@ class EpochTotals:
 
 
 def train_epoch(
-    model: torch.nn.Module, method: Method, epoch: int, train: Split, loader: StepLoader, optimizer, scheduler,
-    scaler, runtime: Runtime, desc: str, epochs: int,
+    model: torch.nn.Module, method: Method, epoch: int, loader: StepLoader, optimizer: torch.optim.Optimizer,
+    scheduler, scaler: torch.amp.GradScaler, runtime: Runtime, desc: str, epochs: int,
 ) -> EpochTotals:
     """One pass over the training split; sums stay on the device (one host sync per epoch)."""
     device = runtime.device
@@ -256,8 +256,8 @@ def fit(
         for epoch in range(state.epochs_done + 1, role.epochs + 1):
             epoch_start = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            totals = train_epoch(model, method, epoch, train, loader, optimizer, scheduler, state.parts["scaler"],
-                                 runtime, desc, role.epochs)
+            totals = train_epoch(model, method, epoch, loader, optimizer, scheduler, state.parts["scaler"], runtime,
+                                 desc, role.epochs)
             state.seen += totals.images
             val_acc, val_loss = validate(method.student, val, transform, train_cfg.eval_batch_size, runtime.autocast)
             values = {

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from kdpipe.data.sources.decode import Decoded, decode_files
 from kdpipe.data.sources.base import SourceData, register_source
+from kdpipe.data.sources.decode import Decoded, decode_files
 from kdpipe.errors import DataError
 
 log = logging.getLogger("kdpipe")
