@@ -30,7 +30,9 @@ def test_training_stage_killed_then_repro_resumes_to_the_same_result(reproduced,
     assert kill_when(proc, lambda: any(state.glob("*/epoch-0002.pt.sha256"))), "the stage ended before the kill"
     assert not (reproduced / f"models/{role}.pt").exists()  # DVC removed it before the run; nothing new was made
 
-    again = run(["dvc", "repro"], reproduced)
+    # --no-run-cache: the session's template already ran this stage, and DVC's run-cache would
+    # restore its outputs instead of resuming (which is what this test is about)
+    again = run(["dvc", "repro", "--no-run-cache"], reproduced)
     assert re.search(rf"resuming from \.kdpipe/resume/{role}/\w+/epoch-0002\.pt", again.stdout + again.stderr)
     # the same weights, byte for byte, so nothing downstream had to run again
     assert sha256_file(reproduced / f"models/{role}.pt") == sha256_file(reproduced_template / f"models/{role}.pt")
