@@ -63,7 +63,7 @@ from kdpipe.config import AugmentConfig, DataConfig, DistillConfig, RoleConfig, 
 from kdpipe.data.batches import BatchTransform  # noqa: E402
 from kdpipe.data.prepare import prepare  # noqa: E402
 from kdpipe.data.prepared import PreparedData, load_prepared  # noqa: E402
-from kdpipe.engine.inference import predict_logits  # noqa: E402
+from kdpipe.compare import test_accuracy  # noqa: E402
 from kdpipe.engine.runtime import setup_runtime, teacher_chunk  # noqa: E402
 from kdpipe.engine.trainer import fit  # noqa: E402
 from kdpipe.methods import Batch, MethodContext, build_method  # noqa: E402
@@ -131,12 +131,6 @@ def recipe(arch: str, epochs: int) -> RoleConfig:
                       warmup_fraction=0.2)
 
 
-def test_accuracy(model: torch.nn.Module, data: PreparedData) -> float:
-    transform = BatchTransform(data.meta, torch.device("cpu"), channels_last=False)
-    logits = predict_logits(model.to("cpu"), data["test"], transform, 1024)
-    return float((logits.argmax(1) == data["test"].labels).float().mean())
-
-
 def check_chain(data: PreparedData, device: str, smoke: bool) -> tuple[dict, torch.nn.Module]:
     cfg = train_cfg(device, budget("batch", smoke))
     meta = data.meta
@@ -151,8 +145,8 @@ def check_chain(data: PreparedData, device: str, smoke: bool) -> tuple[dict, tor
     s_result = fit(method, recipe("resnet18", budget("student_epochs", smoke)), cfg, data, runtime, 1, desc="student")
     figures = {
         "precision": runtime.precision, "train_images": len(data["train"]), "test_images": len(data["test"]),
-        "teacher_test_acc": round(test_accuracy(teacher, data), 4), "teacher_seconds": round(t_result.train_seconds, 1),
-        "student_test_acc": round(test_accuracy(student, data), 4), "student_seconds": round(s_result.train_seconds, 1),
+        "teacher_test_acc": round(test_accuracy(teacher, data, 1024), 4), "teacher_seconds": round(t_result.train_seconds, 1),
+        "student_test_acc": round(test_accuracy(student, data, 1024), 4), "student_seconds": round(s_result.train_seconds, 1),
         "gpu_peak_memory_mb": round(s_result.history[-1].get("gpu_peak_memory_mb", 0.0), 1),
     }
     # full CIFAR-10, 12 epochs each: a ResNet-18 passes 90%; the smoke run only has to finish

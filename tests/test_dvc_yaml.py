@@ -2,13 +2,14 @@
 re-runs the stages it can affect and no other: the imports are traced from a real run."""
 
 import ast
+import json
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import IMPORT_LOG, ROOT, run
+from conftest import IMPORT_LOG, ROOT, run, write_params
 
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s+(kdpipe(?:\.\w+)*)\s*$")
@@ -89,8 +90,6 @@ def test_pipeline_order():
 
 def dvc_status(ws) -> dict:
     """The default pipeline's changed stages (the workspace's comparison was never run on its params)."""
-    import json
-
     return json.loads(run(["dvc", "status", "dvc.yaml", "--json"], ws).stdout or "{}")
 
 
@@ -121,10 +120,6 @@ def test_an_experiment_run_before_comes_back_from_the_run_cache(reproduced):
 def test_teacher_chunk_is_output_neutral_for_the_teacher_stage(reproduced, reproduced_template):
     """train.teacher_chunk is not a param of train_teacher (the teacher learns from labels alone):
     a run with another value writes the same model, byte for byte, and the same metrics."""
-    import json
-
-    from conftest import write_params
-
     write_params(reproduced, **{"train.teacher_chunk": 7})
     run(["python", "src/train_teacher.py"], reproduced)
     assert (reproduced / "models/teacher.pt").read_bytes() == (reproduced_template / "models/teacher.pt").read_bytes()
