@@ -59,11 +59,11 @@ ensure_pydantic()
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from kdpipe.compare import test_accuracy  # noqa: E402
 from kdpipe.config import AugmentConfig, DataConfig, DistillConfig, RoleConfig, TrainConfig, parse_params  # noqa: E402
 from kdpipe.data.batches import BatchTransform  # noqa: E402
 from kdpipe.data.prepare import prepare  # noqa: E402
 from kdpipe.data.prepared import PreparedData, load_prepared  # noqa: E402
-from kdpipe.compare import test_accuracy  # noqa: E402
 from kdpipe.engine.runtime import setup_runtime, teacher_chunk  # noqa: E402
 from kdpipe.engine.trainer import fit  # noqa: E402
 from kdpipe.methods import Batch, MethodContext, build_method  # noqa: E402
