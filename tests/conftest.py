@@ -95,8 +95,8 @@ def make_workspace(ws: Path) -> Path:
             continue
         dst = ws / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        if src.is_dir():  # (compare/dvc.lock records the real params' comparison, not the tiny one)
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "dvc.lock"))
         else:
             shutil.copy2(src, dst)
     (ws / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))

@@ -30,13 +30,14 @@ def test_training_stage_killed_then_repro_resumes_to_the_same_result(reproduced,
     assert kill_when(proc, lambda: any(state.glob("*/epoch-0002.pt.sha256"))), "the stage ended before the kill"
     assert not (reproduced / f"models/{role}.pt").exists()  # DVC removed it before the run; nothing new was made
 
-    # --no-run-cache: the session's template already ran this stage, and DVC's run-cache would
-    # restore its outputs instead of resuming (which is what this test is about)
-    again = run(["dvc", "repro", "--no-run-cache"], reproduced)
+    # --force: dvc.lock still records this stage's outputs, which are in the DVC cache, so a plain
+    # `dvc repro` would check them out instead of running it (even with --no-run-cache); the case
+    # resuming is for is a run whose result no cache holds, as a forced run
+    again = run(["dvc", "repro", "--force", "--single-item", stage], reproduced)
     assert re.search(rf"resuming from \.kdpipe/resume/{role}/\w+/epoch-0002\.pt", again.stdout + again.stderr)
-    # the same weights, byte for byte, so nothing downstream had to run again
+    # the same weights, byte for byte, so nothing downstream has to run again
     assert sha256_file(reproduced / f"models/{role}.pt") == sha256_file(reproduced_template / f"models/{role}.pt")
-    assert "Running stage 'quantize'" not in again.stdout
+    assert "Running stage" not in run(["dvc", "repro"], reproduced).stdout
     metrics = f"metrics/train_{role}.json"
     new, old = (json.loads((ws / metrics).read_text()) for ws in (reproduced, reproduced_template))
     assert {k: new[k] for k in ACCURACIES} == {k: old[k] for k in ACCURACIES}
@@ -65,11 +66,16 @@ def test_prepare_killed_then_repro_rebuilds_the_same_data(reproduced, reproduced
     assert not (prepared / "meta.json").exists()  # no data set that looks complete
     refused = run_stage_script(reproduced, "train_teacher")  # nothing to train on, said clearly
     assert refused.returncode == 2 and "data/prepared/meta.json not found" in refused.stderr, refused.stderr
-    run(["dvc", "repro"], reproduced)
-    assert not list(data.glob(".prepared.*"))  # what the killed run left aside is cleaned up
+    # dvc.lock still records prepare's outputs and the DVC cache holds them: checked out, not re-run
+    restored = run(["dvc", "repro"], reproduced)
+    assert "Stage 'prepare' is cached - skipping run, checking out outputs" in restored.stdout, restored.stdout
     for name in ("train_x.npy", "val_y.npy", "test_x.npy", "meta.json"):
         assert sha256_file(prepared / name) == sha256_file(reproduced_template / "data/prepared" / name)
     assert run(["dvc", "status", "dvc.yaml", "--json"], reproduced).stdout.strip() == "{}"
+    # what a killed run left aside is out of git's sight, and the next run of prepare removes it
+    assert run(["git", "status", "--porcelain"], reproduced).stdout == ""
+    run(["dvc", "repro", "--force", "--single-item", "prepare"], reproduced)
+    assert not list(data.glob(".prepared.*"))
 
 
 def run_stage_script(ws: Path, stage: str) -> subprocess.CompletedProcess:

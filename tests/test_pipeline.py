@@ -9,7 +9,7 @@ import onnx
 import pytest
 from PIL import Image
 
-from conftest import run
+from conftest import ROOT, run
 from kdpipe.data.prepared import load_prepared
 from kdpipe.onnx_export import onnx_logits, ort_session
 from kdpipe.plots_page import network_scripts
@@ -63,6 +63,8 @@ def test_dvc_repro_then_experiment(workspace):
     repro = run(["dvc", "repro"], workspace)
     for rel in EXPECTED_FILES:
         assert (workspace / rel).is_file(), f"{rel} missing after dvc repro:\n{repro.stdout}"
+    for role in ("teacher", "assistant", "student"):  # dvclive's own summary: `dvc plots show` can't draw it
+        assert not (workspace / f"plots/train/{role}/metrics.json").exists()
 
     summary = json.loads((workspace / "metrics/evaluate.json").read_text())
     ev = json.loads((workspace / "metrics/evaluate_detail.json").read_text())
@@ -85,9 +87,8 @@ def test_dvc_repro_then_experiment(workspace):
         assert ev[name]["accuracy"] > 0.25, (name, ev[name])
     for name in ("student_int8", "student_qat", "student_dynamic_int8"):
         assert ev[name]["size_mb"] < ev["student_onnx"]["size_mb"] / 3
-    # int8 stays close to fp32 on this tiny model (100 test images: 5 pt is 5 images)
-    for name in ("student_int8", "student_qat"):
-        assert ev[name]["accuracy"] >= ev["student_onnx"]["accuracy"] - 0.05, (name, ev)
+    # (how close int8 stays to fp32 is a property of a trained model, checked on the committed
+    # default run below; this student, 4 epochs on 300 images, is far from trained)
 
     q = json.loads((workspace / "metrics/quantize.json").read_text())
     assert q["onnx_max_abs_diff"] <= q["onnx_atol"] and q["qat_onnx_max_abs_diff"] <= q["onnx_atol"]
@@ -135,3 +136,11 @@ def test_dvc_repro_then_experiment(workspace):
     run(["dvc", "plots", "diff", "HEAD~1", "-o", "plots_diff"], workspace)
     page = workspace / "plots_diff" / "index.html"
     assert page.is_file() and network_scripts(page) == [] and 'id = "Validation_accuracy"' in page.read_text()
+
+
+def test_committed_int8_students_stay_within_one_point_of_fp32():
+    """The committed default run (re-validated by CI): every int8 file within 1 pt of fp32 ONNX
+    on the 360 test images."""
+    ev = json.loads((ROOT / "metrics/evaluate.json").read_text())
+    for name in ("student_int8", "student_qat", "student_dynamic_int8"):
+        assert ev[name]["accuracy"] >= ev["student_onnx"]["accuracy"] - 0.01, (name, ev[name], ev["student_onnx"])

@@ -16,16 +16,29 @@ needs_browser = pytest.mark.skipif(
 )
 
 
+IMAGES = (".png", ".jpg", ".jpeg", ".svg", ".gif")
+
+
 def declared_plots() -> tuple[int, list[str]]:
-    """(Vega charts, image folders) of the top-level plots in every dvc.yaml (DVC shows them all)."""
-    charts, folders = 0, []
+    """(Vega charts, image files) DVC draws: the top-level `plots:` of every dvc.yaml, plus one chart
+    a data file of the stages' `plots:` outputs (the training curves)."""
+    charts, images = 0, []
     for dvc_file in (ROOT / "dvc.yaml", ROOT / "compare" / "dvc.yaml"):
-        for plot in yaml.safe_load(dvc_file.read_text())["plots"]:
+        spec = yaml.safe_load(dvc_file.read_text())
+        for plot in spec["plots"]:
             if isinstance(plot, dict):  # a data plot with its template
                 charts += 1
             else:  # a folder of images
-                folders.append(plot)
-    return charts, folders
+                images += [str(p) for p in (ROOT / plot).glob("*") if p.suffix in IMAGES]
+        for stage in spec["stages"].values():
+            for out in stage.get("plots", []):
+                path = out if isinstance(out, str) else next(iter(out))
+                files = [p for p in (ROOT / path).rglob("*") if p.is_file()]
+                assert files, f"{path}: a declared plots output with nothing committed"
+                assert not any(p.suffix == ".json" for p in files), f"{path}: a JSON summary DVC cannot draw"
+                charts += sum(p.suffix not in IMAGES for p in files)
+                images += [str(p) for p in files if p.suffix in IMAGES]
+    return charts, images
 
 
 def test_template_is_offline_and_configured():
@@ -42,8 +55,8 @@ def test_template_is_offline_and_configured():
 def test_committed_plots_render_in_chromium(tmp_path):
     page = plots_show(ROOT, tmp_path / "plots")
     assert network_scripts(page) == []
-    charts, folders = declared_plots()
-    images = sum(len(list((ROOT / f).glob("*.png"))) for f in folders)
+    charts, image_files = declared_plots()
+    images = len(image_files)
     shot = tmp_path / "plots.png"
     result = render(page, screenshot=shot, min_charts=charts)
     assert result.errors == []

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import commit_all, run, tool_env, write_params
+from conftest import ROOT, commit_all, run, tool_env, write_params
 from kdpipe import validate as v
 
 # --- `dvc status --json` as DVC 3.67.1 prints it (recorded on the tiny pipeline) ------------------
@@ -100,6 +100,14 @@ def test_load_locks_resolves_wdir(tmp_path, monkeypatch):
     assert v.inconsistent_links(locks) == {}
 
 
+def test_metrics_files_are_every_json_output_and_summary_of_the_pipeline():
+    files = v.metrics_files(ROOT / "dvc.yaml")
+    names = {Path(f).name for f in files}
+    # the summaries (stage `metrics:`) that `dvc exp show` reads, and the detail beside them (`outs:`)
+    assert {"evaluate.json", "quantize.json", "train_teacher.json", "train_assistant.json",
+            "train_student.json", "prepare.json", "evaluate_detail.json", "evaluate_splits.json"} <= names
+
+
 def test_flatten_and_metric_kinds():
     assert v.flatten({"a": {"b": 1, "c": [2, {"d": 3}]}, "e": "x", "f": {}}) == {
         "a.b": 1, "a.c.0": 2, "a.c.1.d": 3, "e": "x", "f": {}}
@@ -171,7 +179,7 @@ def validate(ws: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedP
 
 
 def without_comparison(ws: Path) -> Path:
-    """The tiny workspace carries the real compare/dvc.lock, stale for tiny params: drop it."""
+    """The tiny workspace never ran the method comparison (validate would call it stale): drop it."""
     shutil.rmtree(ws / "compare")
     commit_all(ws, "no method comparison")
     return ws

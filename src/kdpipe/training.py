@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -127,6 +128,9 @@ def train_role(params: Params, role: str) -> None:
     # outputs, this folder included, before it runs the stage again; the epochs are replayed instead)
     with Live(dir=str(paths.live_dir(role)), dvcyaml=False, save_dvc_exp=False, report=None) as live:
         trained = train_link(params, role, logger=DvcLiveLogger(live), checkpoints=checkpoints)
+    # dvclive always writes its own summary beside the curves; the stage's summary is
+    # metrics/train_<role>.json, and `dvc plots show` would try to draw this one as a chart
+    Path(live.metrics_file).unlink(missing_ok=True)
     result = trained.result
     info = ModelInfo(
         role=role, arch=role_cfg.arch, num_classes=meta.num_classes, image_shape=meta.image_shape,

@@ -123,10 +123,11 @@ def metrics_files(dvc_file: str | Path = DEFAULT_PIPELINE) -> list[str]:
     spec = yaml.safe_load(dvc_file.read_text()) or {}
     found = []
     for stage in (spec.get("stages") or {}).values():
-        for entry in stage.get("outs", []) or []:
-            path = entry if isinstance(entry, str) else next(iter(entry))
-            if path.endswith(".json") and "$" not in path:
-                found.append(os.path.normpath(dvc_file.parent / stage.get("wdir", ".") / path))
+        for group in ("outs", "metrics"):
+            for entry in stage.get(group, []) or []:
+                path = entry if isinstance(entry, str) else next(iter(entry))
+                if path.endswith(".json") and "$" not in path:
+                    found.append(os.path.normpath(dvc_file.parent / stage.get("wdir", ".") / path))
     return sorted(found)
 
 

@@ -127,9 +127,10 @@ def prepare(cfg: DataConfig, seed: int, out_dir: str | Path, metrics_file: str |
     # Build the whole folder aside and swap it in, so a failure never leaves a partial data set.
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.parent.glob(f".{out_dir.name}.*"):  # left by a killed run
+    for stale in out_dir.parent.glob(f".{out_dir.name}.*.tmp"):  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    # beside out_dir (one file system, so the swap is a rename); *.tmp: ignored by git
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         for name in SPLITS:
             x, y = splits[name]
