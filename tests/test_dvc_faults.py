@@ -269,9 +269,11 @@ def test_killed_experiment_queue_leaves_workspace_and_reruns(reproduced):
             assert (evaluate["throughput_runs"], evaluate["splits"]) == (runs, ["test"]), evaluate
             metrics = done[name]["metrics"]
             assert 0.0 <= metrics["metrics/evaluate.json"]["student_int8"]["accuracy"] <= 1.0
-            # what `dvc exp show` lists: the stages' summaries, not the per-split detail
-            assert set(metrics) == {"metrics/evaluate.json", "metrics/quantize.json", "metrics/train_teacher.json",
-                                    "metrics/train_assistant.json", "metrics/train_student.json"}, list(metrics)
+            # what `dvc exp show` lists: the stages' summaries, not the per-split detail (and the
+            # method comparison's cells, compare/dvc.yaml's `metrics:`, never run in this workspace)
+            default = {m for m in metrics if not m.startswith("metrics/compare/")}
+            assert default == {"metrics/evaluate.json", "metrics/quantize.json", "metrics/train_teacher.json",
+                               "metrics/train_assistant.json", "metrics/train_student.json"}, list(metrics)
             assert set(metrics["metrics/evaluate.json"]["student"]) == {
                 "accuracy", "f1_macro", "ece", "size_mb", "latency_ms"}
         # and still nothing in the workspace changed
