@@ -149,6 +149,8 @@ def test_exactness_is_claimed_only_on_the_same_cpu_family_and_precision():
     same = [v.Row("f", "a.accuracy", 0.9, 0.9, "same")]
     off = same + [v.Row("f", "b.accuracy", 0.9, 0.8972, "worse (within tolerance)")]
     assert "every accuracy is identical" in v.exactness_markdown(amx, amx, same)
+    # a detail file a fresh clone does not hold has no committed value: not counted against exactness
+    assert "every accuracy is identical" in v.exactness_markdown(amx, amx, same + [v.Row("d", "a.accuracy", None, 0.9, "new")])
     assert "**only 1 of 2 accuracies are identical**" in v.exactness_markdown(amx, amx, off)
     text = v.exactness_markdown(amx, avx2, off)
     assert "**Exact comparison is impossible**" in text and "cpu_isa amx_bf16, precision bf16" in text

@@ -142,10 +142,12 @@ def run_facts(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def exactness_markdown(committed: dict[str, Any], new: dict[str, Any], rows: list[Row]) -> str:
     old, cur = run_facts(committed), run_facts(new)
-    same = sum(r.verdict == "same" for r in rows)
+    # "new": a DVC-cached detail file a fresh clone does not hold, so there is nothing to compare with
+    compared = [r for r in rows if r.verdict != "new"]
+    same = sum(r.verdict == "same" for r in compared)
     if old == cur and None not in old.values():
-        verdict = ("every accuracy is identical, as a deterministic run must give" if same == len(rows)
-                   else f"**only {same} of {len(rows)} accuracies are identical**, although determinism promises all")
+        verdict = ("every accuracy is identical, as a deterministic run must give" if same == len(compared)
+                   else f"**only {same} of {len(compared)} accuracies are identical**, although determinism promises all")
         return f"Same CPU family and precision as the committed run ({_facts(cur)}): {verdict}."
     return (f"**Exact comparison is impossible**: the committed metrics were made on {_facts(old)}, this re-run on "
             f"{_facts(cur)}; floating-point results differ between CPU families and precisions, so the accuracies "
@@ -324,8 +326,11 @@ def comparison_markdown(rows: list[Row], tolerance: float) -> str:
         diff = "0" if diff in ("+0", "-0") else diff
         verdict = f"**{r.verdict}**" if r.failed else r.verdict
         lines.append(f"| {r.file}: {r.key} | {_fmt(r.committed)} | {_fmt(r.new)} | {diff} | {verdict} |")
-    same = sum(r.verdict == "same" for r in rows)
-    lines += ["", f"{same} of {len(rows)} accuracies identical to the committed run; timings ignored."]
+    compared = [r for r in rows if r.verdict != "new"]
+    same = sum(r.verdict == "same" for r in compared)
+    lines += ["", f"{same} of {len(compared)} committed accuracies identical in the re-run; timings ignored."]
+    if len(compared) < len(rows):
+        lines.append(f"{len(rows) - len(compared)} more (\"new\") are in DVC-cached files this checkout did not hold.")
     return "\n".join(lines)
 
 
