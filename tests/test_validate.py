@@ -141,6 +141,7 @@ def test_compare_tolerance_and_timings():
     table = v.comparison_markdown(list(rows.values()), 0.005)
     assert "| e.json: student.accuracy | 0.97 | 0.96 | -0.01 | **REGRESSION** |" in table
     assert "latency" not in table
+    assert "1 of 6 committed accuracies identical" in table and '1 more ("new") had no committed value' in table
 
 
 def test_exactness_is_claimed_only_on_the_same_cpu_family_and_precision():

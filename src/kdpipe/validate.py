@@ -142,16 +142,21 @@ def run_facts(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def exactness_markdown(committed: dict[str, Any], new: dict[str, Any], rows: list[Row]) -> str:
     old, cur = run_facts(committed), run_facts(new)
-    # "new": a DVC-cached detail file a fresh clone does not hold, so there is nothing to compare with
-    compared = [r for r in rows if r.verdict != "new"]
-    same = sum(r.verdict == "same" for r in compared)
+    same, compared = identical(rows)
     if old == cur and None not in old.values():
-        verdict = ("every accuracy is identical, as a deterministic run must give" if same == len(compared)
-                   else f"**only {same} of {len(compared)} accuracies are identical**, although determinism promises all")
+        verdict = ("every accuracy is identical, as a deterministic run must give" if same == compared
+                   else f"**only {same} of {compared} accuracies are identical**, although determinism promises all")
         return f"Same CPU family and precision as the committed run ({_facts(cur)}): {verdict}."
     return (f"**Exact comparison is impossible**: the committed metrics were made on {_facts(old)}, this re-run on "
             f"{_facts(cur)}; floating-point results differ between CPU families and precisions, so the accuracies "
             "are compared within the tolerance.")
+
+
+def identical(rows: list[Row]) -> tuple[int, int]:
+    """(identical, compared) accuracies. A "new" row has no committed value to compare with: a new
+    key, or a DVC-cached detail file this checkout did not hold (a fresh clone)."""
+    compared = [r for r in rows if r.verdict != "new"]
+    return sum(r.verdict == "same" for r in compared), len(compared)
 
 
 def _facts(facts: dict[str, Any]) -> str:
@@ -326,11 +331,10 @@ def comparison_markdown(rows: list[Row], tolerance: float) -> str:
         diff = "0" if diff in ("+0", "-0") else diff
         verdict = f"**{r.verdict}**" if r.failed else r.verdict
         lines.append(f"| {r.file}: {r.key} | {_fmt(r.committed)} | {_fmt(r.new)} | {diff} | {verdict} |")
-    compared = [r for r in rows if r.verdict != "new"]
-    same = sum(r.verdict == "same" for r in compared)
-    lines += ["", f"{same} of {len(compared)} committed accuracies identical in the re-run; timings ignored."]
-    if len(compared) < len(rows):
-        lines.append(f"{len(rows) - len(compared)} more (\"new\") are in DVC-cached files this checkout did not hold.")
+    same, compared = identical(rows)
+    lines += ["", f"{same} of {compared} committed accuracies identical in the re-run; timings ignored."]
+    if compared < len(rows):
+        lines.append(f"{len(rows) - compared} more (\"new\") had no committed value in this checkout.")
     return "\n".join(lines)
 
 
