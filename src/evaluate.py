@@ -1,4 +1,4 @@
-"""Stage evaluate: all models on the test split -> metrics/evaluate.json, plots/evaluate/."""
+"""Stage evaluate: every model on every split -> metrics/evaluate*.json, data/eval_outputs/."""
 
 from kdpipe.evaluate import run_evaluate
 from kdpipe.stage import run_stage

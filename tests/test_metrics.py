@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kdpipe.figures import pick_images
+from kdpipe.evaluate import pick_images
 from kdpipe.metrics import (
     classification_metrics,
     per_class_accuracy,

@@ -1,27 +1,30 @@
 """The evaluate stage: every model of the chain and every deployable file, on every split.
 
-``metrics/evaluate.json`` holds the test split with size, parameters, MACs, batch-1 CPU latency
-and batched throughput; ``metrics/evaluate_splits.json`` the other splits of ``evaluate.splits``. ``plots/evaluate/``
-holds what the top-level plots draw: the model table (bar and Pareto plots), predictions
-(confusion), per-class accuracy, reliability diagrams, top-k curves, classification reports,
-seaborn confusion heatmaps and feature-map images.
+``metrics/evaluate.json`` is the summary a person scans; ``metrics/evaluate_detail.json`` holds the
+test split with size, parameters, MACs, batch-1 CPU latency and batched throughput;
+``metrics/evaluate_splits.json`` the other splits of ``evaluate.splits``. ``data/eval_outputs/``
+keeps what the figures stage draws from (kdpipe.figures): every model's test logits and the
+feature maps of a few test images. Drawing is a stage of its own so that this one, which loads
+and times every model, comes back from DVC's run-cache.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from kdpipe import figures, paths
+from kdpipe import paths
 from kdpipe.config import EvaluateConfig, Params
-from kdpipe.data.prepared import PreparedData, load_prepared
+from kdpipe.data.prepared import load_prepared
 from kdpipe.errors import MissingInputError
-from kdpipe.io import atomic_path, write_json
+from kdpipe.eval_outputs import EvalOutputs, FeatureMaps, save_eval_outputs
+from kdpipe.io import write_json
 from kdpipe.measure import median_latency_ms, throughput
-from kdpipe.metrics import classification_metrics, per_class_accuracy, reliability, report, topk_curve
+from kdpipe.methods.common.features import FeatureTap, default_stages
+from kdpipe.metrics import classification_metrics
 from kdpipe.model_file import ModelFile, normalise, open_model
 from kdpipe.models.registry import count_macs
 
@@ -36,7 +39,7 @@ MODEL_FILES: dict[str, tuple[Path, str]] = {
     "student_dynamic_int8": (paths.STUDENT_DYNAMIC_INT8_ONNX, "quantize"),
     "student_qat": (paths.STUDENT_QAT_INT8_ONNX, "quantize"),
 }
-PLOTS_DIR = paths.PLOTS_DIR / "evaluate"
+CHANNELS_SHOWN = 8  # feature maps: the most active channels of a layer
 
 
 def speed(model: ModelFile, x: np.ndarray, cfg: EvaluateConfig) -> dict:
@@ -53,32 +56,9 @@ def speed(model: ModelFile, x: np.ndarray, cfg: EvaluateConfig) -> dict:
     }
 
 
-def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
-
-
-def write_test_plots(name: str, logits: np.ndarray, labels: np.ndarray, class_names: list[str],
-                     cfg: EvaluateConfig) -> None:
-    pred = logits.argmax(1)
-    write_csv(PLOTS_DIR / f"predictions_{name}.csv", ["actual", "predicted"],
-              [[class_names[a], class_names[p]] for a, p in zip(labels, pred)])
-    per_class = per_class_accuracy(labels, pred, class_names)
-    write_csv(PLOTS_DIR / "per_class" / f"{name}.csv", ["class", "accuracy"],
-              [[c, a] for c, a in per_class.items() if a is not None])
-    write_csv(PLOTS_DIR / "reliability" / f"{name}.csv", ["confidence", "accuracy"],
-              [[b["confidence"], b["accuracy"]] for b in reliability(labels, logits, cfg.ece_bins)])
-    write_csv(PLOTS_DIR / "topk" / f"{name}.csv", ["k", "accuracy"],
-              [[t["k"], t["accuracy"]] for t in topk_curve(labels, logits, max(cfg.topk, 5))])
-    rep = {**report(labels, pred, class_names), "per_class_accuracy": per_class}
-    write_json(PLOTS_DIR / "reports" / f"{name}.json", rep)
-    figures.confusion_png(rep["confusion_matrix"], class_names, f"{name} (test)", PLOTS_DIR / "confusion" / f"{name}.png")
-
-
-def evaluate_all(params: Params) -> dict[str, dict[str, dict]]:
-    """{split: {model: row}} for every split in ``evaluate.splits`` (and test)."""
+def evaluate_all(params: Params) -> tuple[dict[str, dict[str, dict]], EvalOutputs]:
+    """{split: {model: row}} for every split in ``evaluate.splits`` (and test), and what the
+    figures are drawn from."""
     cfg = params.evaluate
     splits = sorted(set(cfg.splits) | {"test"}, key=("train", "val", "test").index)
     data = load_prepared(paths.PREPARED_DIR, splits=tuple(splits))
@@ -87,6 +67,9 @@ def evaluate_all(params: Params) -> dict[str, dict[str, dict]]:
     results: dict[str, dict[str, dict]] = {s: {} for s in splits}
     teacher_logits: dict[str, np.ndarray] = {}
     macs: dict[str, int] = {}
+    test_logits: dict[str, np.ndarray] = {}
+    feature_maps: dict[str, dict[str, FeatureMaps]] = {}
+    shown = pick_images(data["test"].labels.numpy(), cfg.feature_map_images)
     for name, (path, stage) in MODEL_FILES.items():
         model = open_model(path, stage)
         if model.class_names != meta.class_names or tuple(model.image_shape) != meta.image_shape:
@@ -103,7 +86,7 @@ def evaluate_all(params: Params) -> dict[str, dict[str, dict]]:
                                          None if name == "teacher" else teacher_logits[split]),
             }
             if split == "test":
-                write_test_plots(name, logits, labels, meta.class_names, cfg)
+                test_logits[name] = logits
                 if model.model is not None:
                     macs[name] = count_macs(model.model, meta.image_shape)
                 # ONNX files hold the student's graph (BN folded): its multiply-accumulates
@@ -111,7 +94,7 @@ def evaluate_all(params: Params) -> dict[str, dict[str, dict]]:
                 row.update(speed(model, x["test"], cfg))
             results[split][name] = row
         if model.model is not None:
-            save_feature_maps(name, model, data, x["test"], cfg)
+            feature_maps[name] = capture_feature_maps(model.model, model.arch, x["test"][shown])
     test = results["test"]
     teacher, student = test["teacher"], test["student"]
     for row in test.values():
@@ -119,20 +102,43 @@ def evaluate_all(params: Params) -> dict[str, dict[str, dict]]:
         row["speedup_vs_teacher"] = round(teacher["latency_ms"] / row["latency_ms"], 3)
         row["speedup_vs_student"] = round(student["latency_ms"] / row["latency_ms"], 3)
         row["latency_threads"] = cfg.latency_threads
-    return results
+    test_split = data["test"]
+    outputs = EvalOutputs(
+        class_names=list(meta.class_names),
+        labels=test_split.labels.numpy(),
+        logits=test_logits,
+        images=test_split.images.numpy()[shown],
+        captions=[meta.class_names[int(test_split.labels[i])] for i in shown],
+        feature_maps=feature_maps,
+    )
+    return results, outputs
 
 
-def save_feature_maps(name: str, model: ModelFile, data: PreparedData, x_test: np.ndarray, cfg: EvaluateConfig) -> None:
-    test = data["test"]
-    idx = figures.pick_images(test.labels.numpy(), cfg.feature_map_images)
-    captions = [data.meta.class_names[int(test.labels[i])] for i in idx]
-    figures.feature_map_pngs(model.model, model.arch, x_test[idx], test.images.numpy()[idx], captions, name,
-                             PLOTS_DIR / "feature_maps")
+def pick_images(labels: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the first image of each class, in class order, then further images: fixed
+    across runs and models, and spread over the classes."""
+    firsts = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)]
+    rest = [i for i in range(len(labels)) if i not in set(firsts)]
+    return np.array((firsts + rest)[:count])
 
 
-def write_model_table(results: dict[str, dict], batch: int) -> None:
-    write_csv(PLOTS_DIR / "models.csv", ["model", "accuracy", "size_mb", "latency_ms", "throughput"],
-              [[n, r["accuracy"], r["size_mb"], r["latency_ms"], r[f"throughput_b{batch}"]] for n, r in results.items()])
+@torch.no_grad()
+def capture_feature_maps(model: torch.nn.Module, arch: str, x: np.ndarray) -> dict[str, FeatureMaps]:
+    """The early and the middle stage's activations on ``x``, for the channels most active over
+    these images (stage 2 of 4: still spatial on 8-px inputs)."""
+    stages = default_stages(arch)
+    layers = {"early": stages[0], "middle": stages[1]}
+    tap = FeatureTap(model, list(layers.values()), where=f"feature maps of {arch}")
+    try:
+        model.eval()(torch.from_numpy(x))
+        outputs = {label: tap.outputs[layer].float().numpy() for label, layer in layers.items()}
+    finally:
+        tap.remove()
+    captured = {}
+    for label, maps in outputs.items():
+        top = np.argsort(-maps.mean(axis=(0, 2, 3)), kind="stable")[:CHANNELS_SHOWN]
+        captured[label] = FeatureMaps(layer=layers[label], channels=[int(c) for c in top], maps=maps[:, top])
+    return captured
 
 
 # What a person scans across experiments (``dvc exp show``: five columns a model); the rest of
@@ -145,8 +151,8 @@ def summary(rows: dict[str, dict]) -> dict[str, dict]:
 
 
 def run_evaluate(params: Params) -> None:
-    results = evaluate_all(params)
-    write_model_table(results["test"], params.evaluate.throughput_batch)
+    results, outputs = evaluate_all(params)
+    save_eval_outputs(outputs)
     write_json(paths.EVALUATE_METRICS, summary(results["test"]))
     write_json(paths.EVALUATE_DETAIL, results["test"])
     write_json(paths.EVALUATE_SPLITS_METRICS, {s: rows for s, rows in results.items() if s != "test"})
