@@ -85,8 +85,8 @@ def test_no_training_stage_has_a_persistent_output():
 
 
 def test_pipeline_order():
-    assert list(STAGES) == ["prepare", "train_teacher", "train_assistant", "distill_student", "quantize", "evaluate",
-                           "figures"]
+    assert list(STAGES) == ["prepare", "train_teacher", "train_assistant", "distill_student", "train_twin", "quantize",
+                           "evaluate", "figures"]
 
 
 def dvc_status(ws) -> dict:
@@ -129,6 +129,20 @@ def test_teacher_chunk_is_output_neutral_for_the_teacher_stage(reproduced, repro
     timings = ("train_seconds", "images_per_second")
     new, old = (json.loads((ws / "metrics/train_teacher.json").read_text()) for ws in (reproduced, reproduced_template))
     assert {k: v for k, v in new.items() if k not in timings} == {k: v for k, v in old.items() if k not in timings}
+
+
+@pytest.mark.integration
+def test_the_distill_section_is_output_neutral_for_the_twin(reproduced, reproduced_template):
+    """train_twin does not depend on `distill` (nor train.teacher_chunk): its run with method
+    `none` reads neither, so other values write the same model, byte for byte."""
+    write_params(reproduced, **{"distill.temperature": 2.0, "distill.alpha": 0.5, "train.teacher_chunk": 7})
+    run(["python", "src/train_twin.py"], reproduced)
+    twin = "models/student_no_kd.pt"
+    assert (reproduced / twin).read_bytes() == (reproduced_template / twin).read_bytes()
+    student = json.loads((reproduced_template / "metrics/train_student.json").read_text())
+    new = json.loads((reproduced / "metrics/train_student_no_kd.json").read_text())
+    assert new["method"] == "none" and new["teacher"] is None
+    assert new["arch"] == student["arch"] and new["epochs"] == student["epochs"]
 
 
 @pytest.mark.integration

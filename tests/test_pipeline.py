@@ -20,6 +20,7 @@ EXPECTED_FILES = [
     "models/teacher.pt",
     "models/assistant.pt",
     "models/student.pt",
+    "models/student_no_kd.pt",
     "models/student.onnx",
     "models/student_int8.onnx",
     "models/student_qat_int8.onnx",
@@ -64,7 +65,7 @@ def test_dvc_repro_then_experiment(workspace):
     repro = run(["dvc", "repro"], workspace)
     for rel in EXPECTED_FILES:
         assert (workspace / rel).is_file(), f"{rel} missing after dvc repro:\n{repro.stdout}"
-    for role in ("teacher", "assistant", "student"):  # dvclive's own summary: `dvc plots show` can't draw it
+    for role in ("teacher", "assistant", "student", "student_no_kd"):  # dvclive's own summary: `dvc plots show` can't draw it
         assert not (workspace / f"plots/train/{role}/metrics.json").exists()
 
     summary = json.loads((workspace / "metrics/evaluate.json").read_text())
@@ -72,7 +73,7 @@ def test_dvc_repro_then_experiment(workspace):
     assert summary == {name: {k: row[k] for k in ("accuracy", "f1_macro", "ece", "size_mb", "latency_ms")}
                        for name, row in ev.items()}
     deployed = ("student_onnx", "student_int8", "student_dynamic_int8", "student_qat")
-    assert set(ev) == {"teacher", "assistant", "student", *deployed}
+    assert set(ev) == {"teacher", "assistant", "student", "student_no_kd", *deployed}
     metric_keys = {"accuracy", "top3_accuracy", "auc_macro", "auc_micro", "auc_weighted", "ece", "nll", "brier",
                    "macs", "params", "size_mb", "latency_ms"}
     metric_keys |= {f"{m}_{a}" for m in ("precision", "recall", "f1") for a in ("micro", "macro", "weighted")}

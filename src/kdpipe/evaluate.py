@@ -34,11 +34,17 @@ MODEL_FILES: dict[str, tuple[Path, str]] = {
     "teacher": (paths.checkpoint_path("teacher"), "train_teacher"),
     "assistant": (paths.checkpoint_path("assistant"), "train_assistant"),
     "student": (paths.checkpoint_path("student"), "distill_student"),
+    paths.TWIN: (paths.checkpoint_path(paths.TWIN), "train_twin"),
     "student_onnx": (paths.STUDENT_ONNX, "quantize"),
     "student_int8": (paths.STUDENT_INT8_ONNX, "quantize"),
     "student_dynamic_int8": (paths.STUDENT_DYNAMIC_INT8_ONNX, "quantize"),
     "student_qat": (paths.STUDENT_QAT_INT8_ONNX, "quantize"),
 }
+
+
+def models_evaluated(params: Params) -> dict[str, tuple[Path, str]]:
+    """The assistant only where it teaches the student (a pipeline without the chain has none)."""
+    return {k: v for k, v in MODEL_FILES.items() if k != "assistant" or params.distill.teacher == "assistant"}
 CHANNELS_SHOWN = 8  # feature maps: the most active channels of a layer
 
 
@@ -70,7 +76,7 @@ def evaluate_all(params: Params) -> tuple[dict[str, dict[str, dict]], EvalOutput
     test_logits: dict[str, np.ndarray] = {}
     feature_maps: dict[str, dict[str, FeatureMaps]] = {}
     shown = pick_images(data["test"].labels.numpy(), cfg.feature_map_images)
-    for name, (path, stage) in MODEL_FILES.items():
+    for name, (path, stage) in models_evaluated(params).items():
         model = open_model(path, stage)
         if model.class_names != meta.class_names or tuple(model.image_shape) != meta.image_shape:
             raise MissingInputError(f"{path} was made for other data than the prepared splits: re-run `dvc repro`")

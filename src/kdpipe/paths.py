@@ -7,7 +7,9 @@ MODELS_DIR = Path("models")
 METRICS_DIR = Path("metrics")
 PLOTS_DIR = Path("plots")
 
-STAGE_OF_ROLE = {"teacher": "train_teacher", "assistant": "train_assistant", "student": "distill_student"}
+TWIN = "student_no_kd"  # the student trained without distillation (same seed, recipe, budget)
+STAGE_OF_ROLE = {"teacher": "train_teacher", "assistant": "train_assistant", "student": "distill_student",
+                 TWIN: "train_twin"}
 
 
 def checkpoint_path(role: str) -> Path:

@@ -11,6 +11,7 @@ import torch
 
 from kdpipe import paths
 from kdpipe.config import DistillConfig, Params
+from kdpipe.data.batches import BatchTransform
 from kdpipe.data.prepared import load_meta, load_prepared
 from kdpipe.distributed import is_main_process
 from kdpipe.engine.resume import EpochCheckpoints, code_digest, fingerprint
@@ -20,10 +21,11 @@ from kdpipe.errors import MissingInputError
 from kdpipe.io import sha256_file, write_json
 from kdpipe.methods import METHODS, MethodContext, build_method, check_link
 from kdpipe.models.checkpoint import ModelInfo, load_checkpoint, save_checkpoint
-from kdpipe.models.registry import build_model, count_parameters
+from kdpipe.models.registry import build_model, count_parameters, init_from_data
 
 log = logging.getLogger("kdpipe")
 ROLE_SEED_OFFSET = {"teacher": 0, "assistant": 1000, "student": 2000}
+DATA_INIT_IMAGES = 5000  # training images a data-dependent initialisation sees (fastnet: patch whitening)
 
 
 class DvcLiveLogger:
@@ -87,6 +89,9 @@ def train_link(
             raise_stale(teacher_role)
     size = max(meta.height, meta.width)
     student = build_model(role_cfg.arch, meta.num_classes, meta.channels, size, role_cfg.pretrained)
+    if not role_cfg.pretrained:  # fastnet's whitening filters come from the first training images
+        sample = BatchTransform(meta, torch.device("cpu"), channels_last=False)(data["train"].images[:DATA_INIT_IMAGES])
+        init_from_data(role_cfg.arch, student, sample)
     context = MethodContext(
         where=where,
         input_shape=meta.image_shape,
@@ -113,33 +118,35 @@ def train_link(
     )
 
 
-def train_role(params: Params, role: str) -> None:
-    """The training stages: train ``role``, log with dvclive, write its checkpoint and metrics."""
+def train_role(params: Params, role: str, link: DistillConfig | None = None, name: str | None = None) -> None:
+    """The training stages: train ``role`` (with ``link`` instead of its own, if given), log with
+    dvclive, write its checkpoint and metrics under ``name`` (default: the role's)."""
+    name = name or role
     role_cfg = params.role(role)
     meta = load_meta(paths.PREPARED_DIR)
-    run = run_fingerprint(params, role)
-    checkpoints = EpochCheckpoints(paths.resume_dir(role, run), run)
+    run = run_fingerprint(params, role, link)
+    checkpoints = EpochCheckpoints(paths.resume_dir(name, run), run)
     if not is_main_process():  # DDP: the other ranks train; rank 0 logs and writes
-        train_link(params, role, checkpoints=checkpoints)
+        train_link(params, role, link, checkpoints=checkpoints)
         return
     from dvclive import Live  # here, not at the top: train_link runs without DVC (benchmarks/gpu_acceptance.py)
 
     # (dvclive's own Live(resume=True) cannot continue a killed run: DVC deletes the stage's
     # outputs, this folder included, before it runs the stage again; the epochs are replayed instead)
-    with Live(dir=str(paths.live_dir(role)), dvcyaml=False, save_dvc_exp=False, report=None) as live:
-        trained = train_link(params, role, logger=DvcLiveLogger(live), checkpoints=checkpoints)
+    with Live(dir=str(paths.live_dir(name)), dvcyaml=False, save_dvc_exp=False, report=None) as live:
+        trained = train_link(params, role, link, logger=DvcLiveLogger(live), checkpoints=checkpoints)
     # dvclive always writes its own summary beside the curves; the stage's summary is
     # metrics/train_<role>.json, and `dvc plots show` would try to draw this one as a chart
     Path(live.metrics_file).unlink(missing_ok=True)
     result = trained.result
     info = ModelInfo(
-        role=role, arch=role_cfg.arch, num_classes=meta.num_classes, image_shape=meta.image_shape,
+        role=name, arch=role_cfg.arch, num_classes=meta.num_classes, image_shape=meta.image_shape,
         class_names=meta.class_names, mean=meta.mean, std=meta.std, pretrained=role_cfg.pretrained,
         # only what the run determines: timings would make identical models differ byte for byte
         summary={k: v for k, v in summary(result).items() if k not in ("train_seconds", "images_per_second")},
     )
     write_json(
-        paths.train_metrics_path(role),
+        paths.train_metrics_path(name),
         {
             "arch": role_cfg.arch,
             "method": trained.method,
@@ -152,14 +159,21 @@ def train_role(params: Params, role: str) -> None:
             **summary(result),
         },
     )
-    save_checkpoint(paths.checkpoint_path(role), trained.student, info)
+    save_checkpoint(paths.checkpoint_path(name), trained.student, info)
     checkpoints.finish()
-    log.info("%s: best val accuracy %.4f at epoch %d", role, result.best_val_accuracy, result.best_epoch)
+    log.info("%s: best val accuracy %.4f at epoch %d", name, result.best_val_accuracy, result.best_epoch)
 
 
-def run_fingerprint(params: Params, role: str) -> str:
+def train_twin(params: Params) -> None:
+    """The student without distillation: its link with method ``none`` (the ``distill`` section's
+    other keys do not reach a ``none`` run), same seed, recipe and budget."""
+    train_role(params, "student", link=params.distill.model_copy(update={"method": "none", "cache_views": 0}), name=paths.TWIN)
+
+
+def run_fingerprint(params: Params, role: str, link: DistillConfig | None = None) -> str:
     """What determines a training run: a saved epoch state is resumed only under the same."""
-    link, teacher_role = link_for(params, role)
+    default_link, teacher_role = link_for(params, role)
+    link = link or default_link
     teacher_file = paths.checkpoint_path(teacher_role) if teacher_role and METHODS[link.method].needs_teacher else None
     return fingerprint(
         params.seed, params.train.model_dump(), params.role(role).model_dump(),

@@ -10,5 +10,8 @@ ARCHITECTURES = {
     "mobilenet_v2": "registry",
     "vgg11_bn": "registry",
     "vgg16_bn": "registry",
+    "fastnet": "fastnet",
+    "fastnet_s": "fastnet",
+    "fastnet_l": "fastnet",
 }
 MODELS = Registry("architecture", __name__, modules=ARCHITECTURES)

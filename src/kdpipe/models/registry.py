@@ -30,10 +30,14 @@ SMALL_INPUT_MAX = 64  # images this size or smaller use the small-input stem (un
 
 
 class Spec:
-    """How to build one architecture: torchvision factory, its weights, and its adaptations."""
+    """How to build one architecture: a torchvision factory, its ImageNet weights and its
+    adaptation to the data; or (``weights=None``) the project's own model, whose factory takes
+    ``num_classes, in_channels, image_size``. ``init_from_data(model, images)``, when set, is
+    called once on a freshly built model with normalised training images (fastnet's whitening)."""
 
-    def __init__(self, factory: Callable[..., nn.Module], weights, adapt: Callable[..., None]):
-        self.factory, self.weights, self.adapt = factory, weights, adapt
+    def __init__(self, factory: Callable[..., nn.Module], weights=None, adapt: Callable[..., None] | None = None,
+                 init_from_data: Callable[[nn.Module, torch.Tensor], None] | None = None):
+        self.factory, self.weights, self.adapt, self.init_from_data = factory, weights, adapt, init_from_data
 
 
 def _gray_from_rgb(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
@@ -137,6 +141,10 @@ def build_model(
     if arch not in MODELS:
         raise KeyError(f"unknown architecture '{arch}'; known: {', '.join(sorted(MODELS))}")
     spec = MODELS[arch]
+    if spec.weights is None:
+        if pretrained:
+            raise ConfigError(f"{arch} has no pretrained weights: set pretrained: false for it")
+        return spec.factory(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
     if pretrained and load_weights:
         model = _load_imagenet(spec, arch)
     elif pretrained:
@@ -148,6 +156,15 @@ def build_model(
         model = spec.factory(num_classes=num_classes, **kwargs)
     spec.adapt(model, num_classes, in_channels, image_size <= SMALL_INPUT_MAX, pretrained)
     return model
+
+
+def init_from_data(arch: str, model: nn.Module, images: torch.Tensor) -> bool:
+    """Data-dependent initialisation of a freshly built ``arch`` (False: it has none)."""
+    spec = MODELS[arch]
+    if spec.init_from_data is None:
+        return False
+    spec.init_from_data(model, images)
+    return True
 
 
 def count_parameters(model: nn.Module) -> int:

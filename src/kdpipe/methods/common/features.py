@@ -20,6 +20,7 @@ from kdpipe.models.registry import vgg_pool_layers
 STAGES = {
     "resnet": ["layer1", "layer2", "layer3", "layer4"],
     "mobilenet_v2": ["features.3", "features.6", "features.13", "features.18"],
+    "fastnet": ["stem", "group1", "group2", "group3"],
 }
 
 

@@ -1,0 +1,51 @@
+"""Experiment pipelines (experiments/<name>/) run the default pipeline's stage scripts in their own
+folder: their stages must list the same code, params and outputs as the namesakes in dvc.yaml."""
+
+import json
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from kdpipe.config import load_params
+
+EXPERIMENTS = sorted(p.parent for p in (ROOT / "experiments").glob("*/dvc.yaml"))
+DEFAULT = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+MODEL_CODE = "src/kdpipe/models/fastnet.py"  # the experiments' own architectures (the default uses ResNets)
+
+
+def from_root(path: str) -> str:
+    return path.removeprefix("../../")
+
+
+@pytest.mark.parametrize("folder", EXPERIMENTS, ids=lambda p: p.name)
+def test_stages_match_their_default_namesakes(folder):
+    stages = yaml.safe_load((folder / "dvc.yaml").read_text())["stages"]
+    assert stages, folder
+    for name, spec in stages.items():
+        default = DEFAULT[name]
+        assert spec["cmd"] == default["cmd"].replace("python src/", "python ../../src/"), name
+        deps = [from_root(d) for d in spec["deps"]]
+        expected = [d for d in default["deps"] if d != "models/assistant.pt"]
+        extra = [d for d in deps if d not in expected]
+        assert extra in ([], [MODEL_CODE]), (name, extra)
+        assert [d for d in deps if d != MODEL_CODE] == expected, name
+        for group in ("params", "outs", "metrics", "plots"):
+            assert spec.get(group) == default.get(group), (name, group)
+
+
+@pytest.mark.parametrize("folder", EXPERIMENTS, ids=lambda p: p.name)
+def test_params_are_valid(folder):
+    params = load_params(folder / "params.yaml")
+    assert params.distill.teacher == "teacher"  # no assistant stage in the experiments
+
+
+def test_cifar10_committed_results():
+    """The contract: the evaluation summary with the default keys and the no-KD twin, and the
+    training time of each training stage."""
+    folder = ROOT / "experiments" / "cifar10"
+    summary = json.loads((folder / "metrics" / "evaluate.json").read_text())
+    assert {"teacher", "student", "student_no_kd", "student_onnx", "student_int8", "student_qat"} <= set(summary)
+    for stage in ("teacher", "student", "student_no_kd"):
+        train = json.loads((folder / "metrics" / f"train_{stage}.json").read_text())
+        assert train["train_seconds"] > 0
