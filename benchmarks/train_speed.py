@@ -21,7 +21,10 @@ engine's median epoch (epochs 2 and 3 over the same ``--steps`` batches, each wi
 validation), the reference's median step (2 x ``--steps`` steps after ``--warmup``). With
 ``--rounds R`` every side runs R times, the sides interleaved, and the median over rounds is
 reported (with each round's figure). Printed: images/s for teacher training (cross-entropy) and
-for distillation (KD), the ratios, and each process's peak memory.
+for distillation (KD), each process's peak memory, the achieved TFLOP/s (training: 3 x 2 x the
+model's multiply-accumulates an image; KD adds the teacher's forward pass, 2 x its MACs) as a
+share of this machine's GEMM peak at the run's precision (a 2048^3 matmul, measured first in the
+same run), and last on each line the ratio against the reference, as ``N.NNx``.
 """
 
 from __future__ import annotations
@@ -55,6 +58,30 @@ def find_tree(data: Path, workdir: Path) -> Path:
         if (root / "train").is_dir():
             return root / "train"
     raise SystemExit(f"{data}: no train/<class>/ image folder found")
+
+
+def gemm_peak_tflops(dtype_name: str, size: int = 2048, reps: int = 5) -> float:
+    """Best of ``reps`` timed ``size``^3 matmuls, all threads (after one warm-up)."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e12
+
+
+def train_flops_per_image(mode: str, teacher: str, student: str) -> float:
+    """FLOPs of one training image: forward + backward (3 x 2 x MACs) of the trained model, plus
+    the teacher's forward (2 x MACs) when distilling, at 32 x 32 and 10 classes."""
+    from kdpipe.models.registry import build_model, count_macs
+
+    macs = {a: count_macs(build_model(a, 10, 3, 32), (3, 32, 32)) for a in {teacher, student}}
+    return 6 * macs[teacher] if mode == "teacher" else 6 * macs[student] + 2 * macs[teacher]
 
 
 def peak_memory_mb() -> float:
@@ -201,7 +228,10 @@ def main() -> None:
         args.tree = find_tree(args.data, Path(tmp))
         print(f"data {args.tree}  device {args.device}  batch {args.batch}  timed steps {args.steps}  "
               f"threads {os.cpu_count()}  teacher {args.teacher}  student {args.student}")
-        print(f"{'run':40} {'images/s':>10} {'peak MB':>9} {'precision':>9} {'vs ref':>9}")
+        peaks = {} if args.device != "cpu" else {p: gemm_peak_tflops(p) for p in ("float32", "bfloat16")}
+        if peaks:
+            print("GEMM peak (2048^3 matmul, all threads): " + ", ".join(f"{p} {t:.3f} TFLOP/s" for p, t in peaks.items()))
+        print(f"{'run':40} {'images/s':>10} {'TFLOP/s':>8} {'of peak':>8} {'peak MB':>9} {'precision':>9}   vs ref")
         for mode in args.modes.split(","):
             label = f"{args.teacher} training" if mode == "teacher" else f"{args.teacher}->{args.student} KD"
             sides = [s for s in args.sides.split(",") if mode == "distill" or s != "engine+cache"]
@@ -211,14 +241,18 @@ def main() -> None:
                 for side in sides:
                     runs[side].append(measure(args, side, mode))
             rows = {side: summarise(r) for side, r in runs.items()}
+            flops = train_flops_per_image(mode, args.teacher, args.student)
             for side, row in rows.items():
                 ref = rows.get("reference")  # (without it, no ratio)
-                ratio = f"{row['images_per_second'] / ref['images_per_second']:9.2f}x" if ref else f"{'—':>10}"
+                ratio = f"{row['images_per_second'] / ref['images_per_second']:.2f}x" if ref else "—"
                 notes = f"   (rounds: {', '.join(f'{v:.1f}' for v in row['rounds'])})" if args.rounds > 1 else ""
                 if row.get("cache_seconds"):
                     notes += f"   (teacher cache built once in {row['cache_seconds']:.1f}s)"
-                print(f"{label + ' ' + side:40} {row['images_per_second']:10.1f} {row['peak_memory_mb']:9.0f} "
-                      f"{row['precision']:>9} {ratio}{notes}")
+                tflops = row["images_per_second"] * flops / 1e12
+                peak = peaks.get({"fp32": "float32", "bf16": "bfloat16"}.get(row["precision"], ""))
+                share = f"{tflops / peak:8.0%}" if peak else f"{'—':>8}"
+                print(f"{label + ' ' + side:40} {row['images_per_second']:10.1f} {tflops:8.3f} {share} "
+                      f"{row['peak_memory_mb']:9.0f} {row['precision']:>9}{notes}   {ratio}")
 
 
 def summarise(runs: list[dict]) -> dict:

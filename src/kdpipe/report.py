@@ -2,6 +2,8 @@
 
     PYTHONPATH=src python -m kdpipe.report            # print the table of metrics/evaluate.json
     PYTHONPATH=src python -m kdpipe.report --readme   # write it (and the methods table) into README
+    PYTHONPATH=src python -m kdpipe.report --experiment cifar10   # experiments/cifar10's table, into
+                                                                  # docs/experiments.md
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from kdpipe.io import read_json, write_text
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 METHODS_START, METHODS_END = "<!-- methods:start -->", "<!-- methods:end -->"
 METHODS_PAGE = Path("docs/methods.md")  # beside the README: the methods table lives there
+EXPERIMENTS_PAGE = Path("docs/experiments.md")  # the experiment pipelines' tables, between <!-- <name>:start/end -->
 ROWS = [
     ("teacher", "teacher"),
     ("assistant", "assistant"),
     ("student", "student"),
+    (paths.TWIN, "student without KD (twin)"),
     ("student_onnx", "student, ONNX fp32"),
     ("student_int8", "student, ONNX int8 (static)"),
     ("student_qat", "student, ONNX int8 (QAT)"),
@@ -68,7 +72,7 @@ def results_table(evaluate: dict, train: dict[str, dict] | None = None) -> str:
 def load_run(metrics_dir: Path = paths.METRICS_DIR) -> tuple[dict, dict]:
     evaluate = read_json(metrics_dir / paths.EVALUATE_DETAIL.name)
     train = {}
-    for role in ("teacher", "assistant", "student"):
+    for role in paths.STAGE_OF_ROLE:
         path = metrics_dir / f"train_{role}.json"
         if path.is_file():
             train[role] = read_json(path)
@@ -87,7 +91,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--readme", nargs="?", const="README.md",
                         help="update the results table in this README (and the methods table in docs/methods.md)")
+    parser.add_argument("--experiment", help=f"the table of experiments/<name>/, written into {EXPERIMENTS_PAGE}")
     args = parser.parse_args(argv)
+    if args.experiment:
+        table = results_table(*load_run(Path("experiments") / args.experiment / paths.METRICS_DIR))
+        update_readme(EXPERIMENTS_PAGE, table, f"<!-- {args.experiment}:start -->", f"<!-- {args.experiment}:end -->")
+        return
     table = results_table(*load_run())
     methods = markdown_table(read_json(METHODS_METRICS)) if METHODS_METRICS.is_file() else None
     if args.readme:

@@ -81,6 +81,17 @@ def test_onnx_export_and_static_int8(tmp_path):
     assert int8.stat().st_size < fp32.stat().st_size / 3
     assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.8  # int8 keeps most decisions of an untrained net
 
+    # the per-layer report: graph order, every convolution's weights, figures in a sane range
+    from kdpipe.quant_report import layer_errors
+
+    report = layer_errors(fp32, int8, x[:32].numpy())
+    names = [a["tensor"] for a in report["activations"]]
+    assert names[0] == "input" and names[-1] == "logits"
+    assert all(5 < a["model_sqnr_db"] < 80 for a in report["activations"][:-1])
+    convs = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert convs <= {w["tensor"] for w in report["weights"]}
+    assert all(w["sqnr_db"] is None or w["sqnr_db"] > 25 for w in report["weights"] if w["tensor"] in convs)
+
 
 def test_registered():
     assert {"fastnet", "fastnet_s", "fastnet_l"} <= set(MODELS)
