@@ -40,12 +40,12 @@ MODEL_FILES: dict[str, tuple[Path, str]] = {
     "student_dynamic_int8": (paths.STUDENT_DYNAMIC_INT8_ONNX, "quantize"),
     "student_qat": (paths.STUDENT_QAT_INT8_ONNX, "quantize"),
 }
+CHANNELS_SHOWN = 8  # feature maps: the most active channels of a layer
 
 
 def models_evaluated(params: Params) -> dict[str, tuple[Path, str]]:
     """The assistant only where it teaches the student (a pipeline without the chain has none)."""
     return {k: v for k, v in MODEL_FILES.items() if k != "assistant" or params.distill.teacher == "assistant"}
-CHANNELS_SHOWN = 8  # feature maps: the most active channels of a layer
 
 
 def speed(model: ModelFile, x: np.ndarray, cfg: EvaluateConfig) -> dict:
