@@ -299,13 +299,17 @@ def dvc(*args: str, capture: bool = True) -> subprocess.CompletedProcess:
 
 
 def pipelines() -> list[str]:
+    """The default pipeline and the comparison. Experiment pipelines (experiments/<name>/) are not
+    re-validated: they need data outside the repository and run for hours, and one may be committed
+    part-way (its page says which stages ran)."""
     found = subprocess.run(["git", "ls-files", "dvc.yaml", "*/dvc.yaml"], capture_output=True, text=True, check=False)
-    files = sorted(set(found.stdout.split()) | {DEFAULT_PIPELINE}, key=lambda f: (f != DEFAULT_PIPELINE, f))
+    tracked = [f for f in found.stdout.split() if not f.startswith("experiments/")]
+    files = sorted(set(tracked) | {DEFAULT_PIPELINE}, key=lambda f: (f != DEFAULT_PIPELINE, f))
     return [f for f in files if Path(f).is_file()]
 
 
 def check_stale(dvc_files: list[str]) -> tuple[dict[str, list[str]], list[str]]:
-    proc = dvc("status", "--json")
+    proc = dvc("status", "--json", *dvc_files)
     if proc.returncode != 0:
         raise RuntimeError(f"dvc status failed:\n{proc.stderr}")
     status = json.loads(proc.stdout or "{}")
