@@ -273,7 +273,8 @@ def test_killed_experiment_queue_leaves_workspace_and_reruns(reproduced):
             # method comparison's cells, compare/dvc.yaml's `metrics:`, never run in this workspace)
             default = {m for m in metrics if not m.startswith("metrics/compare/")}
             assert default == {"metrics/evaluate.json", "metrics/quantize.json", "metrics/train_teacher.json",
-                               "metrics/train_assistant.json", "metrics/train_student.json"}, list(metrics)
+                               "metrics/train_assistant.json", "metrics/train_student.json",
+                               "metrics/train_student_no_kd.json"}, list(metrics)
             assert set(metrics["metrics/evaluate.json"]["student"]) == {
                 "accuracy", "f1_macro", "ece", "size_mb", "latency_ms"}
         # and still nothing in the workspace changed

@@ -4,7 +4,7 @@ still teaching through the KD loss, then hand it to ONNX Runtime's int8 quantize
 The simulation follows the scheme ``quantize_static`` applies to the exported graph, so what the
 student adapts to is what ships: BatchNorms are folded into the convolutions first (torch.fx's
 ``fuse``; ONNX Runtime folds them too before quantizing), weights are fake-quantized per output
-channel as symmetric int8, and activations (the network input, every ReLU and residual-add
+channel as symmetric int8 (7-bit range), and activations (the network input, every ReLU and residual-add
 output) per tensor as asymmetric uint8, with torch.ao's ``FakeQuantize`` and observers. After
 fine-tuning, weights are snapped onto their int8 grid and the activation fakes are dropped: the
 fp32 model that remains quantizes with no weight rounding left to lose.
@@ -35,12 +35,17 @@ ADDS = {operator.add, operator.iadd, torch.add}
 SEED_OFFSET = 3000  # keeps the fine-tune's shuffling apart from the student's own training
 
 
+# ONNX Runtime's reduced ("7-bit") symmetric int8 weight range, which kdpipe.quantize uses (see
+# REDUCE_RANGE there for why): scale = max|w| / 64 in both, so the snapped weights are exactly
+# representable when ONNX Runtime quantizes them again.
+WEIGHT_QMIN, WEIGHT_QMAX = -64, 64
+
+
 def weight_fake_quant() -> FakeQuantize:
     # averaging_constant=1: the range follows the current weights, not a history of them.
-    # [-127, 127] is ONNX Runtime's symmetric int8 range: scale = max|w| / 127 in both, so the
-    # snapped weights are exactly representable when ONNX Runtime quantizes them again.
     return FakeQuantize(
-        observer=MovingAveragePerChannelMinMaxObserver, averaging_constant=1.0, quant_min=-127, quant_max=127,
+        observer=MovingAveragePerChannelMinMaxObserver, averaging_constant=1.0, quant_min=WEIGHT_QMIN,
+        quant_max=WEIGHT_QMAX,
         dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0,
     )
 

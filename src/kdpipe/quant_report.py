@@ -6,6 +6,12 @@ its neighbours is where accuracy is lost (higher is better; 8-bit steps give abo
 A ReLU that the quantizer folded into its input's uint8 range reports a low ``qdq`` figure of its
 own (the clipping is the ReLU); read ``model`` there.
 
+The per-layer figures come from the QDQ graph with every tensor made an output, which stops ONNX
+Runtime from fusing QDQ into its int8 kernels; the file as shipped runs fused. ``logits`` compares
+the two: the SQNR of the shipped file's logits next to the QDQ graph's. A large gap is a kernel
+problem (such as int16 overflow on CPUs without VNNI), not a rounding one. The quantize stage
+writes this report for its static and QAT int8 files to ``metrics/quantize_layers.json``.
+
     PYTHONPATH=src python -m kdpipe.quant_report models/student.onnx models/student_int8.onnx
     (run in a pipeline's folder: validation images from data/prepared; --images N, --json FILE)
 """
@@ -29,7 +35,9 @@ from onnxruntime.quantization.qdq_loss_debug import (
     modify_model_output_intermediate_tensors,
 )
 
-from kdpipe.onnx_export import INPUT_NAME
+from kdpipe.onnx_export import INPUT_NAME, onnx_logits, ort_session
+
+LAYERS_REPORT = Path("metrics/quantize_layers.json")  # written by the quantize stage
 
 
 class _Batches(CalibrationDataReader):
@@ -52,8 +60,9 @@ def sqnr_db(reference: np.ndarray, approximation: np.ndarray) -> float | None:
 
 
 def layer_errors(fp32_path: str | Path, int8_path: str | Path, x: np.ndarray, batch: int = 16) -> dict:
-    """{"activations": [{tensor, qdq_sqnr_db, model_sqnr_db}], "weights": [{tensor, sqnr_db}]},
-    activations in graph order (input to logits), weights worst first."""
+    """{"logits": {qdq_graph_sqnr_db, shipped_sqnr_db}, "activations": [{tensor, qdq_sqnr_db,
+    model_sqnr_db}], "weights": [{tensor, sqnr_db}]}: activations in graph order (input to
+    logits), weights worst first."""
     with tempfile.TemporaryDirectory() as tmp:
         fp32_aug, int8_aug = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         modify_model_output_intermediate_tensors(str(fp32_path), str(fp32_aug))
@@ -73,7 +82,10 @@ def layer_errors(fp32_path: str | Path, int8_path: str | Path, x: np.ndarray, ba
         for name, m in create_weight_matching(str(fp32_path), str(int8_path)).items()
     ]
     weights.sort(key=lambda w: math.inf if w["sqnr_db"] is None else w["sqnr_db"])
-    return {"activations": activations, "weights": weights}
+    shipped = sqnr_db(onnx_logits(ort_session(fp32_path), x), onnx_logits(ort_session(int8_path), x))
+    logits = {"qdq_graph_sqnr_db": activations[-1]["model_sqnr_db"] if activations else None,
+              "shipped_sqnr_db": shipped}
+    return {"logits": logits, "activations": activations, "weights": weights}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,14 +102,25 @@ def main(argv: list[str] | None = None) -> None:
     data = load_prepared(paths.PREPARED_DIR, splits=("val",))
     x = normalise(data["val"].images.numpy()[: args.images], data.meta.mean, data.meta.std)
     report = layer_errors(args.fp32, args.int8, x)
+    print_report(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def print_report(report: dict) -> None:
     print(f"{'activation':32} {'own QDQ dB':>10} {'model dB':>9}")
     for row in report["activations"]:
         print(f"{row['tensor']:32} {row['qdq_sqnr_db']:10.1f} {row['model_sqnr_db']:9.1f}")
     print(f"\n{'weight (worst first)':32} {'dB':>10}")
     for row in report["weights"]:
-        print(f"{row['tensor']:32} {'exact' if row['sqnr_db'] is None else format(row['sqnr_db'], '.1f'):>10}")
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"{row['tensor']:32} {_db(row['sqnr_db']):>10}")
+    logits = report["logits"]
+    print(f"\nlogits SQNR dB: QDQ graph {_db(logits['qdq_graph_sqnr_db'])}, file as shipped "
+          f"(fused int8 kernels) {_db(logits['shipped_sqnr_db'])}")
+
+
+def _db(value: float | None) -> str:
+    return "exact" if value is None else format(value, ".1f")
 
 
 if __name__ == "__main__":

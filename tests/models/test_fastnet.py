@@ -91,6 +91,9 @@ def test_onnx_export_and_static_int8(tmp_path):
     convs = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
     assert convs <= {w["tensor"] for w in report["weights"]}
     assert all(w["sqnr_db"] is None or w["sqnr_db"] > 25 for w in report["weights"] if w["tensor"] in convs)
+    # the file as shipped (fused int8 kernels) agrees with the QDQ graph the layers were read from
+    logits = report["logits"]
+    assert logits["qdq_graph_sqnr_db"] > 10 and abs(logits["shipped_sqnr_db"] - logits["qdq_graph_sqnr_db"]) < 6
 
 
 def test_registered():
