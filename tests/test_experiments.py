@@ -35,6 +35,29 @@ def test_stages_match_their_default_namesakes(folder):
             assert spec.get(group) == default.get(group), (name, group)
 
 
+COMPARISONS = sorted(p.parent for p in (ROOT / "experiments").glob("*/compare/dvc.yaml"))
+DEFAULT_COMPARE = yaml.safe_load((ROOT / "compare" / "dvc.yaml").read_text())["stages"]
+
+
+@pytest.mark.parametrize("folder", COMPARISONS, ids=lambda p: p.parent.name)
+def test_seed_and_method_cells_match_the_default_comparison(folder):
+    """An experiment's comparison (experiments/<name>/compare/) runs the default comparison's cells
+    in the experiment's folder: same command, code (plus the experiment's architectures), params
+    and outputs."""
+    spec = yaml.safe_load((folder / "dvc.yaml").read_text())
+    assert "plots" not in spec  # (the plots page counts the top-level plots of experiments/*/dvc.yaml only)
+    stages = spec["stages"]
+    assert set(stages) == set(DEFAULT_COMPARE)
+    for name, stage in stages.items():
+        default = DEFAULT_COMPARE[name]
+        assert stage["wdir"] == default["wdir"] == ".."
+        assert stage["cmd"] == default["cmd"].replace("python src/", "python ../../src/"), name
+        deps = [from_root(d) for d in stage["deps"]]
+        assert [d for d in deps if d != MODEL_CODE] == default["deps"], name
+        for group in ("matrix", "params", "outs", "metrics"):
+            assert stage.get(group) == default.get(group), (name, group)
+
+
 @pytest.mark.parametrize("folder", EXPERIMENTS, ids=lambda p: p.name)
 def test_params_are_valid(folder):
     params = load_params(folder / "params.yaml")
