@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import kill_when, run, start
+from conftest import commit_all, kill_when, run, start
 from kdpipe.io import sha256_file
 
 ROLE_OF_STAGE = {"train_teacher": "teacher", "train_assistant": "assistant", "distill_student": "student"}
@@ -52,6 +52,9 @@ def test_prepare_killed_then_repro_rebuilds_the_same_data(reproduced, reproduced
     # so a run that ends first is followed by one killed while prepare's Python is decoding
     proc = start(["dvc", "repro", "--force", "--single-item", "prepare"], reproduced)
     if not kill_when(proc, lambda: any(data.glob(".prepared.*"))):
+        # that run is a good one: dvc.lock records its metrics/prepare.json (new timings) and the
+        # run-cache now restores it; it is the state the killed run below must come back to
+        commit_all(reproduced, "a forced prepare run that ended before the kill")
         proc = start(["dvc", "repro", "--force", "--single-item", "prepare"], reproduced)
         seen: list[float] = []
 
