@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import nn
 
 from kdpipe.methods.common.base import Method, register_method
@@ -59,11 +59,13 @@ class CTKDParams(BaseModel):
     t_min: float = Field(1.0, gt=0, description="lowest temperature")
     t_max: float = Field(20.0, gt=0, description="highest temperature")
 
-    @model_validator(mode="after")
-    def _range(self) -> CTKDParams:
-        if self.t_max <= self.t_min:
-            raise ValueError(f"t_max must be above t_min ({self.t_min})")
-        return self
+    @field_validator("t_max")
+    @classmethod
+    def _above_t_min(cls, v: float, info: ValidationInfo) -> float:
+        t_min = info.data.get("t_min")
+        if t_min is not None and v <= t_min:
+            raise ValueError(f"t_max must be above t_min ({t_min})")
+        return v
 
 
 class _ReverseGradient(torch.autograd.Function):
