@@ -75,7 +75,7 @@ def test_cosine_projects_when_widths_differ():
     assert isinstance(make("cosine", "resnet18", "resnet34").projection, torch.nn.Identity)
 
 
-@pytest.mark.parametrize("name", ["fitnets", "at", "feature_mse", "cosine", "byot", "dml"])
+@pytest.mark.parametrize("name", ["fitnets", "at", "feature_mse", "cosine", "byot", "dml", "reviewkd"])
 def test_vgg_with_default_layers(name):
     """VGG students and teachers work with every feature method's default layers."""
     method = make(name, student_arch="vgg11_bn", teacher_arch="resnet18")
