@@ -17,15 +17,16 @@ the first epoch of a run of 24 epochs or fewer).
 
 The temperature is kept in [``t_min``, ``t_max``] (CTKD's ``t_start`` 1 and ``t_end`` 20) by a
 sigmoid: T = t_min + (t_max − t_min) · sigmoid(θ), with θ the learned parameter, started where
-T equals the link's ``distill.temperature`` (4 by default). A hard clamp would stop the
-gradient at the bounds and leave the parameter stuck there; the sigmoid keeps it moving. The
+T equals the link's ``distill.temperature`` (4 by default; brought just inside the range if it
+lies outside). A hard clamp would stop the gradient at the bounds and leave the parameter stuck
+there; the sigmoid keeps it moving. The
 parameter trains with the student through ``method.parameters()`` (so the run's weight decay
 reaches it, as in the reference, where the temperature module sits in the same SGD optimizer),
 and is never saved with the student.
 
 loss = alpha · T² · KL(softmax(t/T) ‖ softmax(s/T)) + (1 − alpha) · CE(s, y), with the link's
 ``alpha``, exactly the ``kd`` loss at the learned T. With ``distill.logit_standardize`` the
-logits are z-scored per sample inside the KL term (Sun et al., 2024, also evaluate CTKD so).
+logits are z-scored per sample inside the KL term (Sun et al., 2024, report it on CTKD too).
 
 Why CTKD for issue 17's "one of MLKD / CTKD / DOT": CTKD fits the method-file contract (one
 file, a ``Method`` with its own parameter; no change to the data pipeline or the optimiser).
