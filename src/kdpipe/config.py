@@ -135,6 +135,11 @@ class DistillConfig(Section):
     cache_views: int = Field(
         0, ge=0, description="0: teacher run live; K: K fixed augmented views per image, teacher logits computed once"
     )
+    logit_standardize: bool = Field(
+        False,
+        description="z-score student and teacher logits per sample inside the distillation term (Sun et al. 2024); "
+        "logit methods only: kd, dkd, dist, ctkd",
+    )
 
     @field_validator("method")
     @classmethod
