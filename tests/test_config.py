@@ -132,6 +132,21 @@ def test_cache_views_needs_a_logits_only_method():
     check_link(parse_params(raw).distill, "distill")
 
 
+def test_logit_standardize_only_for_logit_methods():
+    raw = load_default_params()
+    raw["distill"].update(method="fitnets", logit_standardize=True)
+    msg = link_error(raw)
+    assert "distill.logit_standardize: method 'fitnets' has no logit distillation term" in msg
+    assert "kd, dkd, dist or ctkd" in msg
+    raw["assistant"]["distill"].update(method="none", logit_standardize=True)
+    assert "assistant.distill.logit_standardize: method 'none'" in link_error(raw, "assistant.distill")
+    for method in ("kd", "dkd", "dist", "ctkd"):
+        raw["distill"].update(method=method)
+        check_link(parse_params(raw).distill, "distill")  # valid: no error
+    raw["distill"]["logit_standardize"] = "maybe"
+    assert "distill.logit_standardize" in error_of(raw)
+
+
 def test_the_params_check_imports_only_the_registries_name_tables():
     """Validating params.yaml must not import a method's, model's or data source's code: every
     stage validates the whole file, and dvc.yaml can then list only the code a stage runs."""

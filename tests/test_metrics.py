@@ -1,9 +1,12 @@
 """Metric names and values on hand-checkable cases (the numbers come from scikit-learn/torchmetrics)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 
-from kdpipe.evaluate import pick_images
+from kdpipe.evaluate import flip_tta_accuracy, pick_images
 from kdpipe.metrics import (
     classification_metrics,
     per_class_accuracy,
@@ -12,6 +15,7 @@ from kdpipe.metrics import (
     teacher_agreement,
     topk_curve,
 )
+from kdpipe.model_file import ModelFile
 
 
 def _logits(pred: list[int], n: int = 3, margin: float = 20.0) -> np.ndarray:
@@ -82,3 +86,20 @@ def test_per_class_report_reliability_topk():
 def test_feature_map_images_cover_the_classes_first():
     labels = np.array([2, 2, 0, 1, 0, 1])
     assert list(pick_images(labels, 4)) == [2, 3, 0, 1]
+
+
+class _LeftPixelOrTwo(torch.nn.Module):
+    """Class 0 scores the image's left pixel, class 1 a constant 2: a mirror changes the answer."""
+
+    def forward(self, x):
+        return torch.stack([x[:, 0, 0, 0], torch.full_like(x[:, 0, 0, 0], 2.0)], dim=1)
+
+
+def test_flip_tta_averages_each_image_with_its_mirror_image():
+    model = ModelFile(Path("m.pt"), "pytorch", "toy", ["a", "b"], (1, 1, 2), [0.0], [1.0], 0, _LeftPixelOrTwo())
+    x = np.array([[[[3.0, 0.0]]], [[[3.0, 3.0]]], [[[0.0, 3.0]]]], dtype=np.float32)  # (N, C, H, W), W = 2
+    labels = np.array([0, 0, 0])
+    logits = model.logits(x)
+    assert (logits.argmax(1) == labels).tolist() == [True, True, False]
+    # mirrored left pixels 0, 3, 3: sums (3, 4), (6, 4), (3, 4) -> only the symmetric image stays right
+    assert flip_tta_accuracy(model, x, logits, labels, batch_size=2) == pytest.approx(1 / 3, abs=1e-6)

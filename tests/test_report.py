@@ -17,6 +17,15 @@ def test_table_lists_models_in_chain_order_with_figures():
     assert "1 CPU thread" in table
 
 
+def test_table_has_a_flip_tta_column_only_when_evaluate_scored_it():
+    ev = {"teacher": {**ROW, "accuracy_flip_tta": 0.98101}, "student": {**ROW, "accuracy_flip_tta": 0.975}}
+    lines = results_table(ev).splitlines()
+    assert "| test accuracy | with flip TTA |" in lines[0]
+    assert lines[1].count("|") == lines[0].count("|") == lines[2].count("|")
+    assert lines[2].startswith("| teacher | resnet18 | 0.9722 | 0.9810 | 0.9718 |")
+    assert "flip TTA" not in results_table({"student": ROW})
+
+
 def test_readme_update_replaces_only_between_markers(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{START}\nold\n{END}\noutro\n")

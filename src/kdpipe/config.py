@@ -135,6 +135,11 @@ class DistillConfig(Section):
     cache_views: int = Field(
         0, ge=0, description="0: teacher run live; K: K fixed augmented views per image, teacher logits computed once"
     )
+    logit_standardize: bool = Field(
+        False,
+        description="z-score student and teacher logits per sample inside the distillation term (Sun et al. 2024); "
+        "logit methods only: kd, dkd, dist, ctkd",
+    )
 
     @field_validator("method")
     @classmethod
@@ -220,6 +225,10 @@ class EvaluateConfig(Section):
     topk: int = Field(3, ge=1, description="top-k accuracy (capped at the class count)")
     ece_bins: int = Field(15, ge=2, description="bins of the expected calibration error and reliability diagram")
     feature_map_images: int = Field(6, ge=1, description="test images shown in the feature-map PNGs")
+    flip_tta: bool = Field(
+        False, description="also score every model on the test images averaged with their mirror images "
+        "(accuracy_flip_tta): test-time augmentation for classes a horizontal flip keeps, as train.augment.hflip",
+    )
 
 
 class ValidateConfig(Section):

@@ -97,6 +97,9 @@ def evaluate_all(params: Params) -> tuple[dict[str, dict[str, dict]], EvalOutput
                     macs[name] = count_macs(model.model, meta.image_shape)
                 # ONNX files hold the student's graph (BN folded): its multiply-accumulates
                 row["macs"] = macs[name] if name in macs else macs["student"]
+                if cfg.flip_tta:
+                    row["accuracy_flip_tta"] = flip_tta_accuracy(model, x["test"], logits, labels,
+                                                                 params.train.eval_batch_size)
                 row.update(speed(model, x["test"], cfg))
             results[split][name] = row
         if model.model is not None:
@@ -118,6 +121,13 @@ def evaluate_all(params: Params) -> tuple[dict[str, dict[str, dict]], EvalOutput
         feature_maps=feature_maps,
     )
     return results, outputs
+
+
+def flip_tta_accuracy(model: ModelFile, x: np.ndarray, logits: np.ndarray, labels: np.ndarray,
+                      batch_size: int) -> float:
+    """Accuracy of the logits averaged over each image and its mirror image (airbench's flip TTA)."""
+    mirrored = model.logits(np.ascontiguousarray(x[..., ::-1]), batch_size)
+    return round(float(((logits + mirrored).argmax(1) == labels).mean()), 6)
 
 
 def pick_images(labels: np.ndarray, count: int) -> np.ndarray:
@@ -147,13 +157,14 @@ def capture_feature_maps(model: torch.nn.Module, arch: str, x: np.ndarray) -> di
     return captured
 
 
-# What a person scans across experiments (``dvc exp show``: five columns a model); the rest of
-# each row is in metrics/evaluate_detail.json and metrics/evaluate_splits.json.
-SUMMARY_KEYS = ("accuracy", "f1_macro", "ece", "size_mb", "latency_ms")
+# What a person scans across experiments (``dvc exp show``: five columns a model, six with
+# evaluate.flip_tta); the rest of each row is in metrics/evaluate_detail.json and
+# metrics/evaluate_splits.json.
+SUMMARY_KEYS = ("accuracy", "accuracy_flip_tta", "f1_macro", "ece", "size_mb", "latency_ms")
 
 
 def summary(rows: dict[str, dict]) -> dict[str, dict]:
-    return {name: {k: row[k] for k in SUMMARY_KEYS} for name, row in rows.items()}
+    return {name: {k: row[k] for k in SUMMARY_KEYS if k in row} for name, row in rows.items()}
 
 
 def run_evaluate(params: Params) -> None:

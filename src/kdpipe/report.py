@@ -44,10 +44,12 @@ def _throughput(row: dict) -> tuple[str, float]:
 def results_table(evaluate: dict, train: dict[str, dict] | None = None) -> str:
     train = train or {}
     batch = _throughput(evaluate.get("student", {}))[0]
+    tta = any("accuracy_flip_tta" in row for row in evaluate.values())  # evaluate.flip_tta
     lines = [
-        "| model | arch | test accuracy | macro F1 | params | file MB | latency ms (CPU, batch 1) "
+        "| model | arch | test accuracy " + ("| with flip TTA " if tta else "")
+        + "| macro F1 | params | file MB | latency ms (CPU, batch 1) "
         + f"| speed-up vs student | images/s (batch {batch}) | train s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|" + ("---:|" if tta else "") + "---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, label in ROWS:
         row = evaluate.get(key)
@@ -55,7 +57,9 @@ def results_table(evaluate: dict, train: dict[str, dict] | None = None) -> str:
             continue
         seconds = train.get(key, {}).get("train_seconds")
         lines.append(
-            f"| {label} | {row['arch']} | {row['accuracy']:.4f} | {row['f1_macro']:.4f} | {row['params']:,} | "
+            f"| {label} | {row['arch']} | {row['accuracy']:.4f} | "
+            + (f"{row['accuracy_flip_tta']:.4f} | " if tta else "")
+            + f"{row['f1_macro']:.4f} | {row['params']:,} | "
             f"{row['size_mb']:.2f} | {row['latency_ms']:.3f} | {row.get('speedup_vs_student', 0):.2f}× | "
             f"{_throughput(row)[1]:,.0f} | {'' if seconds is None else f'{seconds:.0f}'} |"
         )

@@ -47,7 +47,7 @@ def test_every_method_trains_and_keeps_the_teacher_frozen(name):
     if extras:  # (single tensors can be exactly zero, e.g. behind a zero-initialised residual BN)
         assert sum(p.grad.abs().sum() for p in extras) > 0
     # (resnet18 and resnet34 share the 512-wide embedding, so cosine needs no projection here)
-    assert len(extras) > 0 or name in {"none", "kd", "at", "dkd", "rkd", "pkt", "sp", "cosine"}
+    assert len(extras) > 0 or name in {"none", "kd", "at", "dkd", "dist", "rkd", "pkt", "sp", "cosine"}
     method.close()
 
 
@@ -75,7 +75,7 @@ def test_cosine_projects_when_widths_differ():
     assert isinstance(make("cosine", "resnet18", "resnet34").projection, torch.nn.Identity)
 
 
-@pytest.mark.parametrize("name", ["fitnets", "at", "feature_mse", "cosine", "byot", "dml"])
+@pytest.mark.parametrize("name", ["fitnets", "at", "feature_mse", "cosine", "byot", "dml", "reviewkd"])
 def test_vgg_with_default_layers(name):
     """VGG students and teachers work with every feature method's default layers."""
     method = make(name, student_arch="vgg11_bn", teacher_arch="resnet18")

@@ -60,9 +60,10 @@ def build_method(
 def check_link(cfg: DistillConfig, where: str) -> None:
     """What only the link's method can check: its own section and the teacher cache. Raises
     ConfigError naming the key. (Imports that method's module, and those of other sections set.)"""
-    from kdpipe.methods.common.base import method_settings
+    from kdpipe.methods.common.base import method_settings, standardizes
 
     method = METHODS[cfg.method]
+    standardizes(method, cfg, where)
     if cfg.cache_views and not method.logits_only:
         from kdpipe.errors import ConfigError
 

@@ -1,11 +1,14 @@
 """``dkd``: decoupled KD (Zhao et al., 2022): the KD loss split into a target-class term (TCKD)
-and a non-target-class term (NCKD), weighted separately, ramped in over ``warmup_epochs``."""
+and a non-target-class term (NCKD), weighted separately, ramped in over ``warmup_epochs``.
+With ``distill.logit_standardize`` both logits are z-scored per sample before the DKD term
+(Sun et al., 2024, who apply it to DKD the same way); the CE term keeps the raw logits."""
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from kdpipe.methods.common.base import Method, register_method
+from kdpipe.methods.common.losses import standardize
 
 
 class DKDParams(BaseModel):
@@ -34,6 +37,7 @@ def dkd_loss(student, teacher, labels, alpha: float, beta: float, temperature: f
 @register_method("dkd")
 class DecoupledKD(Method):
     logits_only = True
+    standardizes_logits = True
 
     Params = DKDParams
 
@@ -44,5 +48,8 @@ class DecoupledKD(Method):
         p = self.params
         ramp = min(self.epoch / p.warmup_epochs, 1.0) if p.warmup_epochs else 1.0
         ce = self.cross_entropy(logits, y)
-        dkd = dkd_loss(logits, teacher, y, p.alpha, p.beta, self.cfg.temperature)
+        if self.standardize:
+            dkd = dkd_loss(standardize(logits), standardize(teacher), y, p.alpha, p.beta, self.cfg.temperature)
+        else:
+            dkd = dkd_loss(logits, teacher, y, p.alpha, p.beta, self.cfg.temperature)
         return logits, ce + ramp * dkd, {"ce": ce.detach(), "dkd": dkd.detach()}

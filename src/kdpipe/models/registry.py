@@ -33,11 +33,15 @@ class Spec:
     """How to build one architecture: a torchvision factory, its ImageNet weights and its
     adaptation to the data; or (``weights=None``) the project's own model, whose factory takes
     ``num_classes, in_channels, image_size``. ``init_from_data(model, images)``, when set, is
-    called once on a freshly built model with normalised training images (fastnet's whitening)."""
+    called once on a freshly built model with normalised training images (fastnet's whitening).
+    ``feature_layers``, when set, names the model's four feature stages from early to late (module
+    paths), which feature methods tap by default (``methods/common/features.default_stages``)."""
 
     def __init__(self, factory: Callable[..., nn.Module], weights=None, adapt: Callable[..., None] | None = None,
-                 init_from_data: Callable[[nn.Module, torch.Tensor], None] | None = None):
+                 init_from_data: Callable[[nn.Module, torch.Tensor], None] | None = None,
+                 feature_layers: list[str] | None = None):
         self.factory, self.weights, self.adapt, self.init_from_data = factory, weights, adapt, init_from_data
+        self.feature_layers = list(feature_layers) if feature_layers is not None else None
 
 
 def _gray_from_rgb(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
@@ -112,6 +116,8 @@ for _name, _weights in (
     ("resnet18", tvm.ResNet18_Weights.IMAGENET1K_V1),
     ("resnet34", tvm.ResNet34_Weights.IMAGENET1K_V1),
     ("resnet50", tvm.ResNet50_Weights.IMAGENET1K_V2),
+    ("resnet101", tvm.ResNet101_Weights.IMAGENET1K_V2),
+    ("resnet152", tvm.ResNet152_Weights.IMAGENET1K_V2),
 ):
     MODELS.add(_name, Spec(getattr(tvm, _name), _weights, _adapt_resnet))
 MODELS.add("mobilenet_v2", Spec(tvm.mobilenet_v2, tvm.MobileNet_V2_Weights.IMAGENET1K_V2, _adapt_mobilenet_v2))

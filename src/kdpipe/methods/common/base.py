@@ -53,6 +53,19 @@ def method_settings(method: type[Method], cfg: DistillConfig | None, where: str)
         raise ConfigError(f"{where}.{method.name}.{field}: {msg} (got {err.get('input')!r})") from None
 
 
+def standardizes(method: type[Method], cfg: DistillConfig | None, where: str) -> bool:
+    """Whether the link asks for logit standardisation (``<where>.logit_standardize``); a
+    ConfigError naming the key when it does and ``method`` cannot apply it."""
+    if not getattr(cfg, "logit_standardize", False):
+        return False
+    if not method.standardizes_logits:
+        raise ConfigError(
+            f"{where}.logit_standardize: method '{method.name}' has no logit distillation term to standardise; "
+            f"set it only for kd, dkd, dist or ctkd"
+        )
+    return True
+
+
 class Teacher:
     """The frozen teacher of a link: eval mode and no gradients, always; logits for a batch, from
     the batch's cached logits when it carries them, else by running the network (on chunks of
@@ -103,6 +116,8 @@ class Method(nn.Module):
     ddp_local_buffers: ClassVar[tuple[str, ...]] = ()
     # Schema of the method's own settings under ``<link>.<name>`` (None: it has none).
     Params: ClassVar[type[BaseModel] | None] = None
+    # Its distillation term compares logits, which ``<link>.logit_standardize`` may z-score first.
+    standardizes_logits: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -121,6 +136,8 @@ class Method(nn.Module):
         self.cfg = cfg
         # this method's own settings (``<link>.<name>``), validated, defaults filled in
         self.params = method_settings(type(self), cfg, self.context.where)
+        # ``<link>.logit_standardize``: z-score both logits inside the distillation term
+        self.standardize = standardizes(type(self), cfg, self.context.where)
         self.teacher: Teacher | None = None
         if teacher is not None:
             self.teacher = Teacher(teacher, self.context.teacher_chunk if self.logits_only else 0)

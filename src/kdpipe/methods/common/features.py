@@ -14,9 +14,12 @@ import torch
 from torch import nn
 
 from kdpipe.errors import ConfigError
+from kdpipe.models import MODELS
 from kdpipe.models.registry import vgg_pool_layers
 
-# Four stages from early to late, for each family (small-input and ImageNet stems alike).
+# Four stages from early to late, for each torchvision family and fastnet (small-input and
+# ImageNet stems alike). The project's other architectures declare theirs on their registry
+# ``Spec`` (``feature_layers``), which comes first: ``resnet20`` is no torchvision ResNet.
 STAGES = {
     "resnet": ["layer1", "layer2", "layer3", "layer4"],
     "mobilenet_v2": ["features.3", "features.6", "features.13", "features.18"],
@@ -25,8 +28,10 @@ STAGES = {
 
 
 def default_stages(arch: str) -> list[str]:
-    if arch.startswith("vgg"):  # the first four max-pools (the outputs of four conv blocks)
-        return vgg_pool_layers(arch)[:4]
+    if arch in MODELS and MODELS[arch].feature_layers is not None:
+        return list(MODELS[arch].feature_layers)
+    if arch.startswith("vgg") and arch.endswith("_bn"):  # torchvision's VGGs: the first four max-
+        return vgg_pool_layers(arch)[:4]  # pools (the outputs of four conv blocks)
     for family, layers in STAGES.items():
         if arch.startswith(family):
             return list(layers)
