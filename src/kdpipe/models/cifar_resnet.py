@@ -22,6 +22,7 @@ from torch import nn
 
 from kdpipe.models import MODELS
 from kdpipe.models.registry import Spec
+from kdpipe.models.weight_init import he_init
 
 # name -> (depth, filters of the stem and the three groups)
 VARIANTS = {
@@ -77,12 +78,7 @@ class CifarResNet(nn.Module):
             c = width
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))

@@ -19,6 +19,7 @@ from torch import nn
 
 from kdpipe.models import MODELS
 from kdpipe.models.registry import Spec
+from kdpipe.models.weight_init import he_init
 
 # widths of the five conv groups
 CONFIGS = {
@@ -52,16 +53,7 @@ class CifarVGG(nn.Module):
         self.pool3 = nn.MaxPool2d(2, 2) if pool_fourth else nn.Identity()
         self.pool4 = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        he_init(self, linear_std=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool0(self.block0(x))
