@@ -40,9 +40,13 @@ def test_accuracy(model: torch.nn.Module, test: PreparedData, batch_size: int) -
     return float((logits.argmax(1) == test["test"].labels).float().mean())
 
 
-def run_one(params: Params, method: str, seed: int, test: PreparedData) -> dict:
+def run_one(
+    params: Params, method: str, seed: int, test: PreparedData, teacher_checkpoint: tuple[Path, str] | None = None
+) -> dict:
+    """Train the student with ``method`` and ``seed`` (from ``teacher_checkpoint``: a checkpoint and
+    the stage that makes it, instead of the link's teacher); score it on the test split."""
     link = params.distill.model_copy(update={"method": method})
-    trained = train_link(params, "student", link=link, seed=seed)
+    trained = train_link(params, "student", link=link, seed=seed, teacher_checkpoint=teacher_checkpoint)
     batch = params.train.eval_batch_size
     best = test_accuracy(trained.student, test, batch)
     trained.student.load_state_dict(trained.result.last_state)

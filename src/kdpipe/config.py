@@ -212,6 +212,51 @@ class CompareConfig(Section):
         return [one_of("distillation method", m, sorted(METHODS)) for m in v]
 
 
+class PairConfig(Section):
+    """One teacher/student pair of a benchmark; the recipes are the ``teacher`` and ``student``
+    sections', with these architectures."""
+
+    teacher: str
+    student: str
+    student_lr: float | None = Field(
+        None, gt=0, description="the student's learning rate for this pair, instead of student.lr "
+        "(the standard recipe's 0.01 for MobileNet/ShuffleNet students)",
+    )
+
+    @field_validator("teacher", "student")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        from kdpipe.models import MODELS
+
+        return one_of("architecture", v, sorted(MODELS))
+
+
+class BenchmarkConfig(Section):
+    """A benchmark matrix (``experiments/<name>/dvc.yaml``, ``src/benchmark.py``): each pair's
+    teacher trained once, then one cell per pair x method x seed."""
+
+    pairs: dict[str, PairConfig] = Field(
+        default_factory=dict, description="name -> pair; the name is the matrix axis and the file names'"
+    )
+    methods: list[str] = Field(default_factory=lambda: ["none", "kd"], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [42], min_length=1)
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, v: list[str]) -> list[str]:
+        from kdpipe.methods import METHODS
+
+        return [one_of("distillation method", m, sorted(METHODS)) for m in v]
+
+    @field_validator("pairs")
+    @classmethod
+    def _file_names(cls, v: dict[str, PairConfig]) -> dict[str, PairConfig]:
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+                raise ValueError(f"pair name '{name}': letters, digits and _ only (it names stages and files)")
+        return v
+
+
 class EvaluateConfig(Section):
     latency_threads: int = Field(1, ge=1, description="CPU threads used to time batch-1 latency")
     latency_warmup: int = Field(10, ge=0)
@@ -251,6 +296,7 @@ class Params(Section):
     quantize: QuantizeConfig = QuantizeConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     compare: CompareConfig = CompareConfig()
+    benchmark: BenchmarkConfig = BenchmarkConfig()
     # params.yaml's ``validate`` section; the attribute is ``validation`` because a pydantic
     # field named ``validate`` would shadow ``BaseModel.validate``.
     validation: ValidateConfig = Field(ValidateConfig(), alias="validate")
@@ -322,12 +368,14 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
 def check_all(params: Params) -> None:
     """Everything the methods check too (their own sections, cache_views), for every link and
     compared method: imports those methods' code, so stages call it only for what they train."""
-    from kdpipe.methods import check_link
+    from kdpipe.methods import check_link, link_with
 
     for where, link in params.links().items():
         check_link(link, where)
     for method in params.compare.methods:
         check_link(params.distill.model_copy(update={"method": method}), "distill")
+    for method in params.benchmark.methods:
+        check_link(link_with(params.distill, method), "distill")
 
 
 if __name__ == "__main__":  # python -m kdpipe.config [params.yaml]: check the whole file in seconds

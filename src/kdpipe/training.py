@@ -67,8 +67,10 @@ def train_link(
     seed: int | None = None,
     logger: EpochLogger | None = None,
     checkpoints: EpochCheckpoints | None = None,
+    teacher_checkpoint: tuple[Path, str] | None = None,
 ) -> TrainedLink:
-    """Train ``role`` on the prepared data with its link's method (or ``link`` instead),
+    """Train ``role`` on the prepared data with its link's method (or ``link`` instead), from the
+    teaching role's checkpoint (or ``teacher_checkpoint``: a checkpoint and the stage that makes it),
     resuming from ``checkpoints`` when they hold this run's state."""
     role_cfg = params.role(role)
     seed = (params.seed if seed is None else seed) + ROLE_SEED_OFFSET[role]
@@ -84,9 +86,10 @@ def train_link(
         check_link(link, where)
     teacher, teacher_info = None, None
     if METHODS[method_name].needs_teacher:
-        teacher, teacher_info = load_checkpoint(paths.checkpoint_path(teacher_role), paths.STAGE_OF_ROLE[teacher_role])
+        path, stage = teacher_checkpoint or (paths.checkpoint_path(teacher_role), paths.STAGE_OF_ROLE[teacher_role])
+        teacher, teacher_info = load_checkpoint(path, stage)
         if teacher_info.class_names != meta.class_names or tuple(teacher_info.image_shape) != meta.image_shape:
-            raise_stale(teacher_role)
+            raise_stale(path, stage)
     size = max(meta.height, meta.width)
     student = build_model(role_cfg.arch, meta.num_classes, meta.channels, size, role_cfg.pretrained)
     if not role_cfg.pretrained:  # fastnet's whitening filters come from the first training images
@@ -184,8 +187,7 @@ def run_fingerprint(params: Params, role: str, link: DistillConfig | None = None
     )
 
 
-def raise_stale(role: str) -> None:
+def raise_stale(teacher_file: Path, stage: str) -> None:
     raise MissingInputError(
-        f"{paths.checkpoint_path(role)} was trained on other data (classes or image shape differ): "
-        f"run `dvc repro {paths.STAGE_OF_ROLE[role]}`"
+        f"{teacher_file} was trained on other data (classes or image shape differ): run `dvc repro {stage}`"
     )

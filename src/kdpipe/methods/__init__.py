@@ -57,6 +57,13 @@ def build_method(
     return METHODS[name](student, teacher, cfg, label_smoothing, context)
 
 
+def link_with(cfg: DistillConfig, name: str) -> DistillConfig:
+    """The link ``cfg`` with method ``name``, its teacher cache (``cache_views``) kept only where the
+    method reads nothing but the teacher's logits: one ``distill`` section serves every method of
+    a benchmark, and a feature method runs its teacher live."""
+    return cfg.model_copy(update={"method": name, "cache_views": cfg.cache_views if METHODS[name].logits_only else 0})
+
+
 def check_link(cfg: DistillConfig, where: str) -> None:
     """What only the link's method can check: its own section and the teacher cache. Raises
     ConfigError naming the key. (Imports that method's module, and those of other sections set.)"""
@@ -64,7 +71,7 @@ def check_link(cfg: DistillConfig, where: str) -> None:
 
     method = METHODS[cfg.method]
     standardizes(method, cfg, where)
-    if cfg.cache_views and not method.logits_only:
+    if cfg.cache_views and method.needs_teacher and not method.logits_only:
         from kdpipe.errors import ConfigError
 
         raise ConfigError(

@@ -1,5 +1,8 @@
 """``feature_mse``: feature-map regression (MSE through a learned regressor) plus cross-entropy,
-on the last stage by default."""
+on the last stage by default. ``regressor_kernel: 3`` and ``regressor_batch_norm: false`` give the
+regressor of PyTorch's knowledge-distillation tutorial (a 3x3 convolution, no normalisation)."""
+
+from typing import Literal
 
 from pydantic import Field
 from torch import nn
@@ -11,6 +14,8 @@ from kdpipe.methods.common.features import hint_loss, regressor
 
 class FeatureMSEParams(FeatureParams):
     weight: float = Field(1.0, ge=0)
+    regressor_kernel: Literal[1, 3] = 1
+    regressor_batch_norm: bool = True
 
 
 @register_method("feature_mse")
@@ -19,7 +24,10 @@ class FeatureMSE(FeatureMethod):
     Params = FeatureMSEParams
 
     def build_parts(self):
-        self.regressors = nn.ModuleList(regressor(s[0], t[0]) for s, t in zip(self.s_shapes, self.t_shapes))
+        p = self.params
+        self.regressors = nn.ModuleList(
+            regressor(s[0], t[0], p.regressor_kernel, p.regressor_batch_norm) for s, t in zip(self.s_shapes, self.t_shapes)
+        )
 
     def feature_loss(self, batch):
         pairs = zip(self.regressors, self.s_tap.features(), self.t_tap.features())

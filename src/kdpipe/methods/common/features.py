@@ -113,8 +113,11 @@ def match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch
     return nn.functional.adaptive_avg_pool2d(a, size), nn.functional.adaptive_avg_pool2d(b, size)
 
 
-def regressor(in_channels: int, out_channels: int) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+def regressor(in_channels: int, out_channels: int, kernel: int = 1, batch_norm: bool = True) -> nn.Module:
+    """FitNets' regressor: a ``kernel`` x ``kernel`` convolution (and batch norm) from the student's
+    channels to the teacher's."""
+    conv = nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=not batch_norm)
+    return nn.Sequential(conv, nn.BatchNorm2d(out_channels)) if batch_norm else nn.Sequential(conv)
 
 
 def hint_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
