@@ -4,6 +4,8 @@
     PYTHONPATH=src python -m kdpipe.report --readme   # write it (and the methods table) into README
     PYTHONPATH=src python -m kdpipe.report --experiment cifar10   # experiments/cifar10's table, into
                                                                   # docs/experiments.md
+    PYTHONPATH=src python -m kdpipe.report --benchmark s4_tutorial  # a benchmark's methods.json, into
+                                                                    # experiments/s4_tutorial/README.md
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-from kdpipe import paths
+from kdpipe import benchmark, paths
 from kdpipe.compare import METHODS_METRICS, markdown_table
 from kdpipe.io import read_json, write_text
 
@@ -91,12 +93,28 @@ def update_readme(readme: Path, table: str, start: str = START, end: str = END) 
     write_text(readme, pattern.sub(lambda _: f"{start}\n{table}\n{end}", text))
 
 
+def benchmark_table(folder: Path) -> str:
+    """The README table of a benchmark experiment: its metrics/methods.json, with the reference
+    numbers of its published.json (``{"<pair>/<method>": {"test_accuracy": %, "source": ...}}``)."""
+    published = folder / "published.json"
+    return benchmark.markdown_table(
+        read_json(folder / benchmark.METHODS_METRICS), read_json(published) if published.is_file() else None
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--readme", nargs="?", const="README.md",
                         help="update the results table in this README (and the methods table in docs/methods.md)")
     parser.add_argument("--experiment", help=f"the table of experiments/<name>/, written into {EXPERIMENTS_PAGE}")
+    parser.add_argument("--benchmark", metavar="NAME",
+                        help="the table of benchmark experiments/<name>/ (metrics/methods.json, and published.json "
+                        "beside it when there), written into its README.md")
     args = parser.parse_args(argv)
+    if args.benchmark:
+        folder = Path("experiments") / args.benchmark
+        update_readme(folder / "README.md", benchmark_table(folder))
+        return
     if args.experiment:
         table = results_table(*load_run(Path("experiments") / args.experiment / paths.METRICS_DIR))
         update_readme(EXPERIMENTS_PAGE, table, f"<!-- {args.experiment}:start -->", f"<!-- {args.experiment}:end -->")

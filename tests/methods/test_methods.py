@@ -127,3 +127,29 @@ def test_the_methods_page_lists_every_registered_method():
     text = (ROOT / "docs/methods.md").read_text()
     table = text[text.index("| method | what the student learns from"):].split("\n\n", 1)[0]
     assert set(re.findall(r"^\| `(\w+)` \|", table, re.M)) == set(METHODS)
+
+
+def test_cosine_on_named_layers_averages_the_teacher_down_as_the_tutorial():
+    """PyTorch's KD tutorial: 1 - cos(student's flattened conv map, teacher's averaged down to its width)."""
+    tutorial = {"match": "avg_pool", "student_layers": ["features"], "teacher_layers": ["features"], "weight": 1.0}
+    method = make("cosine", "lightnn", "deepnn", **tutorial)
+    assert isinstance(method.projection, torch.nn.Identity) and method.pool == 2  # 32x2x2 -> 16x2x2 at 8 px
+    x = torch.randn(4, *SHAPE)
+    _, _, terms = method(Batch(x, torch.tensor([0, 1, 2, 3])))
+    s = method.student.features(x).flatten(1)
+    t = method.teacher.network.features(x).flatten(1)
+    t = (t[:, 0::2] + t[:, 1::2]) / 2  # avg_pool1d(2): neighbours averaged
+    expected = (1 - torch.nn.functional.cosine_similarity(s, t)).mean()
+    assert terms["cosine"].item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ConfigError, match=r"distill.cosine.match: avg_pool needs the teacher's width \(128\) to be a "
+                                          r"multiple of the student's \(256\)"):
+        make("cosine", "lightnn", "deepnn", match="avg_pool", student_layers=["features.3"], teacher_layers=["features"])
+
+
+def test_feature_mse_takes_the_tutorials_regressor():
+    method = make("feature_mse", "lightnn", "deepnn", regressor_kernel=3, regressor_batch_norm=False,
+                  student_layers=["features"], teacher_layers=["features"])
+    (reg,) = method.regressors
+    assert len(reg) == 1 and reg[0].kernel_size == (3, 3) and reg[0].bias is not None and reg[0].out_channels == 32
+    default = make("feature_mse").regressors[0]
+    assert default[0].kernel_size == (1, 1) and isinstance(default[1], torch.nn.BatchNorm2d)

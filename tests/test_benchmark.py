@@ -1,0 +1,152 @@
+"""Benchmark matrices (kdpipe.benchmark): the pairs' params, the table over the seeds, its README
+table; and one tiny benchmark run through DVC end to end."""
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import ROOT, commit_all, make_workspace, tiny_params, tool_env
+from kdpipe.benchmark import benchmark_table, cell_path, markdown_table, pair_params, teacher_metrics_path
+from kdpipe.config import parse_params
+from kdpipe.errors import ConfigError, MissingInputError
+from kdpipe.io import write_json
+from kdpipe.methods import link_with
+from test_dvc_yaml import covers, traced_imports
+
+PAIRS = {"r56_r20": {"teacher": "resnet56", "student": "resnet20"},
+         "w_s": {"teacher": "wrn_40_2", "student": "shufflenet_v1", "student_lr": 0.01}}
+
+
+def bench_params(**benchmark):
+    p = tiny_params()
+    p["benchmark"] = {"pairs": PAIRS, "methods": ["none", "kd"], "seeds": [1, 2], **benchmark}
+    return parse_params(p)
+
+
+def test_a_pair_sets_the_architectures_and_the_student_learns_from_the_teacher():
+    params = bench_params()
+    pp = pair_params(params, "w_s")
+    assert (pp.teacher.arch, pp.student.arch, pp.student.lr) == ("wrn_40_2", "shufflenet_v1", 0.01)
+    assert pp.distill.teacher == "teacher"
+    assert pp.teacher.epochs == params.teacher.epochs and pp.student.epochs == params.student.epochs
+    assert pair_params(params, "r56_r20").student.lr == params.student.lr
+    with pytest.raises(ConfigError, match=r"benchmark.pairs: no pair 'r56' \(pairs: r56_r20, w_s\)"):
+        pair_params(params, "r56")
+
+
+@pytest.mark.parametrize("benchmark, message", [
+    ({"pairs": {"a": {"teacher": "resnet65", "student": "resnet20"}}}, r"benchmark.pairs.a.teacher: unknown architecture 'resnet65' \(did you mean 'resnet56'\?\)"),
+    ({"pairs": {"a-b": {"teacher": "resnet56", "student": "resnet20"}}}, r"pair name 'a-b': letters, digits and _ only"),
+    ({"methods": ["kd", "dkdd"]}, r"benchmark.methods: unknown distillation method 'dkdd' \(did you mean 'dkd'\?\)"),
+    ({"seeds": []}, r"benchmark.seeds"),
+    ({"pairs": {"a": {"teacher": "resnet56", "student": "resnet20", "lr": 0.1}}}, r"benchmark.pairs.a.lr: unknown key"),
+])
+def test_bad_benchmark_sections_name_the_key(benchmark, message):
+    with pytest.raises(ConfigError, match=message):
+        bench_params(**benchmark)
+
+
+def test_one_distill_section_serves_logit_and_feature_methods():
+    """The teacher cache (cache_views) is kept for logits-only methods; feature methods run their
+    teacher live."""
+    params = bench_params()
+    distill = params.distill.model_copy(update={"cache_views": 2})
+    assert (link_with(distill, "kd").method, link_with(distill, "kd").cache_views) == ("kd", 2)
+    assert link_with(distill, "fitnets").cache_views == 0
+    assert link_with(distill, "none").cache_views == 0
+
+
+def fake_cell(pair, method, seed, best, last):
+    write_json(cell_path(pair, method, seed), {
+        "pair": pair, "method": method, "seed": seed, "test_accuracy_best_val": best, "test_accuracy_last": last,
+        "train_seconds": 10.0 * seed, "extra_params": 7 if method == "kd" else 0,
+        "teacher": None if method == "none" else PAIRS[pair]["teacher"]})
+
+
+def test_the_table_averages_the_seeds_of_every_pair_and_method(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = bench_params()
+    for i, pair in enumerate(PAIRS):
+        write_json(teacher_metrics_path(pair), {"test_accuracy_best_val": 0.9 + i / 100})
+        for method in ("none", "kd"):
+            fake_cell(pair, method, 1, 0.80, 0.79)
+            fake_cell(pair, method, 2, 0.84 if method == "kd" else 0.80, 0.81)
+    table = benchmark_table(params)
+    assert list(table) == ["r56_r20/none", "r56_r20/kd", "w_s/none", "w_s/kd"]
+    kd = table["w_s/kd"]
+    assert (kd["teacher"], kd["student"], kd["method"], kd["seeds"]) == ("wrn_40_2", "shufflenet_v1", "kd", [1, 2])
+    assert kd["test_accuracy_best_val"] == pytest.approx(0.82) and kd["test_accuracy_best_val_std"] == pytest.approx(0.028284, abs=1e-6)
+    assert kd["test_accuracy_last"] == pytest.approx(0.80) and kd["teacher_test_accuracy"] == 0.91
+    assert kd["train_seconds"] == 15.0 and kd["extra_params"] == 7 and kd["runs"] == 2
+    assert table["r56_r20/none"]["teacher"] == "resnet56"  # the pair's teacher, which `none` does not use
+    assert json.loads((tmp_path / "metrics/methods.json").read_text()) == table
+    csv = (tmp_path / "plots/methods/methods.csv").read_text().splitlines()
+    assert csv[0] == "row,pair,method,test_accuracy_best_val,test_accuracy_last,train_seconds"
+    assert csv[4].startswith("w_s/kd,w_s,kd,0.82,0.8,")
+
+    lines = markdown_table(table, {"w_s/kd": {"test_accuracy": 76.23}, "w_s/teacher": {"test_accuracy": 75.61}}).splitlines()
+    assert lines[0].endswith("| published |") and lines[1].count("|") == lines[0].count("|")
+    assert lines[5] == "| wrn_40_2 → shufflenet_v1 | kd | 91.00 (75.61) | 82.00 ± 2.83 | 80.00 ± 1.41 | 1, 2 | 15 | 7 | 76.23 |"
+    assert lines[2].endswith("| — |")
+
+    cell_path("w_s", "kd", 2).unlink()
+    with pytest.raises(MissingInputError, match=r"metrics/cells/w_s-kd-2.json: the cell of pair w_s, method kd, seed 2"):
+        benchmark_table(params)
+
+
+def test_every_benchmark_experiment_runs_the_same_pipeline():
+    """A benchmark experiment is its params.yaml: every one has the same dvc.yaml."""
+    files = sorted(p for p in (ROOT / "experiments").glob("*/dvc.yaml") if "table" in yaml.safe_load(p.read_text())["stages"])
+    assert len(files) >= 2, files
+    assert len({p.read_text() for p in files}) == 1, files
+
+
+RUNNING = re.compile(r"Running stage '([\w@.-]+)'")
+
+
+@pytest.mark.integration
+def test_a_tiny_benchmark_runs_caches_its_cells_and_reruns_only_a_changed_method(tmp_path):
+    ws = make_workspace(tmp_path / "ws")
+    bench = ws / "experiments" / "bench"
+    (bench / "data" / "raw").mkdir(parents=True)
+    shutil.copy(ROOT / "experiments" / "s4_tutorial" / "dvc.yaml", bench / "dvc.yaml")
+    p = tiny_params(**{"data.max_train_samples": 200, "teacher.epochs": 1, "student.epochs": 1, "distill.teacher": "teacher"})
+    p["data"]["root"] = "data/raw"
+    p["benchmark"] = {"pairs": {"p": {"teacher": "resnet20", "student": "resnet8"}}, "methods": ["none", "kd"], "seeds": [1, 2]}
+    (bench / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    commit_all(ws, "benchmark")
+    logs = []
+
+    def repro(**env):
+        out = subprocess.run(["dvc", "repro", "experiments/bench/dvc.yaml"], cwd=ws, env={**tool_env(), **env},
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+        logs.append(out.stdout + out.stderr)
+        return RUNNING.findall(logs[-1])
+
+    # PYTHONPROFILEIMPORTTIME: each stage's Python lists the kdpipe modules it imported
+    assert set(repro(PYTHONPROFILEIMPORTTIME="1")) == {
+        "prepare", "teacher@p", "cell@p-none-1", "cell@p-none-2", "cell@p-kd-1", "cell@p-kd-2", "table"}
+    lock = yaml.safe_load((bench / "dvc.lock").read_text())["stages"]
+    for stage, imported in traced_imports(logs[0]).items():
+        deps = [d["path"].removeprefix("../../") for d in lock[stage]["deps"] if d["path"].startswith("../../src/")]
+        missing = sorted(f for f in imported if not any(covers(d, f) for d in deps))
+        assert not missing, f"stage {stage} imports {missing}, which dvc.yaml does not list"
+        unused = sorted(d for d in deps if not d.startswith("src/benchmark") and not any(covers(d, f) for f in imported))
+        assert not unused, f"dvc.yaml lists {unused} for stage {stage}, which it never imports"
+    table = json.loads((bench / "metrics" / "methods.json").read_text())
+    assert list(table) == ["p/none", "p/kd"]
+    for row in table.values():
+        assert (row["teacher"], row["student"], row["seeds"]) == ("resnet20", "resnet8", [1, 2])
+        assert 0 < row["test_accuracy_best_val"] <= 1 and row["runs"] == 2
+    assert repro() == []
+    commit_all(ws, "ran")
+    kd = ws / "src" / "kdpipe" / "methods" / "kd.py"
+    kd.write_text(kd.read_text() + "\n# edited\n")
+    assert sorted(repro()) == ["cell@p-kd-1", "cell@p-kd-2", "table"]
+    again = json.loads((bench / "metrics" / "methods.json").read_text())  # same seeds, same accuracies
+    assert [r["test_accuracy_best_val"] for r in again.values()] == [r["test_accuracy_best_val"] for r in table.values()]
