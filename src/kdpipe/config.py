@@ -231,6 +231,7 @@ class PairConfig(Section):
 
     teacher: str
     student: str
+    teacher_lr: float | None = Field(None, gt=0, description="the teacher's learning rate for this pair, instead of teacher.lr")
     student_lr: float | None = Field(
         None, gt=0, description="the student's learning rate for this pair, instead of student.lr "
         "(the standard recipe's 0.01 for MobileNet/ShuffleNet students)",
