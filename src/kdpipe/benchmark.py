@@ -35,15 +35,16 @@ TEACHERS_DIR = paths.METRICS_DIR / "teachers"
 
 
 def pair_params(params: Params, pair: str) -> Params:
-    """The experiment's params with the pair's architectures (and student learning rate) in the
-    teacher and student recipes; the student learns from the teacher directly."""
+    """The experiment's params with the pair's architectures (and learning rates) in the teacher
+    and student recipes; the student learns from the teacher directly."""
     cfg = params.benchmark.pairs.get(pair)
     if cfg is None:
         known = ", ".join(params.benchmark.pairs) or "none"
         raise ConfigError(f"benchmark.pairs: no pair '{pair}' (pairs: {known})")
+    teacher = {"arch": cfg.teacher} | ({"lr": cfg.teacher_lr} if cfg.teacher_lr is not None else {})
     student = {"arch": cfg.student} | ({"lr": cfg.student_lr} if cfg.student_lr is not None else {})
     return params.model_copy(update={
-        "teacher": params.teacher.model_copy(update={"arch": cfg.teacher}),
+        "teacher": params.teacher.model_copy(update=teacher),
         "student": params.student.model_copy(update=student),
         "distill": params.distill.model_copy(update={"teacher": "teacher"}),
     })

@@ -109,10 +109,14 @@ class RoleConfig(Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0)
-    scheduler: Literal["onecycle", "cosine", "step", "none"] = "onecycle"
+    scheduler: Literal["onecycle", "cosine", "step", "multistep", "none"] = "onecycle"
     warmup_fraction: float = Field(0.25, ge=0, lt=1, description="onecycle: share of steps warming up")
     step_size: int = Field(30, ge=1, description="step: epochs between decays")
-    gamma: float = Field(0.1, gt=0, le=1, description="step: decay factor")
+    gamma: float = Field(0.1, gt=0, le=1, description="step, multistep: decay factor")
+    milestones: list[int] = Field(
+        default_factory=list, description="multistep: the epochs after which the lr is multiplied by gamma "
+        "(the CIFAR benchmark recipe: [150, 180, 210] of 240)",
+    )
     label_smoothing: float = Field(0.0, ge=0, lt=1)
 
     @field_validator("arch")
@@ -121,6 +125,15 @@ class RoleConfig(Section):
         from kdpipe.models import MODELS
 
         return one_of("architecture", v, sorted(MODELS))
+
+    @model_validator(mode="after")
+    def _milestones(self) -> RoleConfig:
+        m = self.milestones
+        if self.scheduler == "multistep" and not m:
+            raise ValueError("scheduler multistep needs milestones (epochs after which the lr decays)")
+        if m and (m != sorted(set(m)) or m[0] < 1 or m[-1] >= self.epochs):
+            raise ValueError(f"milestones must increase, each between 1 and epochs - 1 ({self.epochs - 1}) (got {m})")
+        return self
 
 
 class DistillConfig(Section):
@@ -218,6 +231,7 @@ class PairConfig(Section):
 
     teacher: str
     student: str
+    teacher_lr: float | None = Field(None, gt=0, description="the teacher's learning rate for this pair, instead of teacher.lr")
     student_lr: float | None = Field(
         None, gt=0, description="the student's learning rate for this pair, instead of student.lr "
         "(the standard recipe's 0.01 for MobileNet/ShuffleNet students)",

@@ -40,3 +40,24 @@ def test_adamw_and_sgd():
     model = torch.nn.Linear(2, 2)
     assert isinstance(build_optimizer(model.parameters(), RoleConfig(arch="resnet18", epochs=1, optimizer="adamw")), torch.optim.AdamW)
     assert isinstance(build_optimizer(model.parameters(), RoleConfig(arch="resnet18", epochs=1)), torch.optim.SGD)
+
+
+def test_multistep_decays_after_each_milestone_epoch():
+    """The CIFAR benchmark recipe's schedule: lr x gamma after epochs 150, 180, 210 (here 2 and 3 of 5)."""
+    values = lrs(RoleConfig(arch="resnet18", epochs=5, lr=0.05, scheduler="multistep", milestones=[2, 3]), 4)
+    assert values == [pytest.approx(v) for v in [0.05] * 8 + [0.005] * 4 + [0.0005] * 8]
+
+
+@pytest.mark.parametrize("milestones, message", [
+    ([], "scheduler multistep needs milestones"),
+    ([3, 2], "milestones must increase"),
+    ([2, 5], r"milestones must increase, each between 1 and epochs - 1 \(4\)"),
+])
+def test_multistep_milestones_are_checked(milestones, message):
+    from kdpipe.config import parse_params
+    from kdpipe.errors import ConfigError
+    from conftest import tiny_params
+
+    p = tiny_params(**{"student.scheduler": "multistep", "student.epochs": 5, "student.milestones": milestones})
+    with pytest.raises(ConfigError, match=f"student: {message}"):
+        parse_params(p)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import torch
@@ -34,5 +35,8 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: RoleConfig, steps_per_epoch
     if cfg.scheduler == "step":
         every = cfg.step_size * steps_per_epoch
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: cfg.gamma ** (step // every))
+    if cfg.scheduler == "multistep":  # epoch m + 1 is the first at the decayed lr, as RepDistiller's recipe
+        bounds = [m * steps_per_epoch for m in cfg.milestones]
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: cfg.gamma ** bisect.bisect_right(bounds, step))
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
 
