@@ -18,7 +18,7 @@ from kdpipe.methods import link_with
 from test_dvc_yaml import covers, traced_imports
 
 PAIRS = {"r56_r20": {"teacher": "resnet56", "student": "resnet20"},
-         "w_s": {"teacher": "wrn_40_2", "student": "shufflenet_v1", "student_lr": 0.01}}
+         "w_s": {"teacher": "wrn_40_2", "student": "shufflenet_v1", "teacher_lr": 0.02, "student_lr": 0.01}}
 
 
 def bench_params(**benchmark):
@@ -30,10 +30,11 @@ def bench_params(**benchmark):
 def test_a_pair_sets_the_architectures_and_the_student_learns_from_the_teacher():
     params = bench_params()
     pp = pair_params(params, "w_s")
-    assert (pp.teacher.arch, pp.student.arch, pp.student.lr) == ("wrn_40_2", "shufflenet_v1", 0.01)
+    assert (pp.teacher.arch, pp.student.arch, pp.teacher.lr, pp.student.lr) == ("wrn_40_2", "shufflenet_v1", 0.02, 0.01)
     assert pp.distill.teacher == "teacher"
     assert pp.teacher.epochs == params.teacher.epochs and pp.student.epochs == params.student.epochs
-    assert pair_params(params, "r56_r20").student.lr == params.student.lr
+    same = pair_params(params, "r56_r20")
+    assert (same.teacher.lr, same.student.lr) == (params.teacher.lr, params.student.lr)
     with pytest.raises(ConfigError, match=r"benchmark.pairs: no pair 'r56' \(pairs: r56_r20, w_s\)"):
         pair_params(params, "r56")
 
