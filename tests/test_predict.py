@@ -113,3 +113,31 @@ def test_onnx_without_kdpipe_metadata_is_refused(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"junk")
     with pytest.raises(MissingInputError, match="not a readable ONNX file"):
         open_model(tmp_path / "junk.onnx")
+
+
+def test_a_folder_scan_predicts_every_format_and_names_what_it_skips(models, tmp_path, caplog):
+    rng = np.random.default_rng(1)
+    frames = [Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), "RGB") for _ in range(2)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    frames[1].save(tmp_path / "scan.tiff")
+    frames[1].save(tmp_path / "old.bmp")
+    (tmp_path / "notes.txt").write_text("no image")
+    out = io.StringIO()
+    done, failed = predict_files(open_model(models / "m.pt"), [str(tmp_path)], out=out)
+    assert (done, failed) == (3, 0)
+    assert {r["path"].rsplit("/", 1)[1] for r in _lines(out.getvalue())} == {"anim.gif", "scan.tiff", "old.bmp"}
+    assert f"skipped 1 file(s) that are not images Pillow reads: {tmp_path / 'notes.txt'}" in caplog.text
+
+
+def test_predict_reads_a_photo_upright_by_its_exif_orientation(models, tmp_path):
+    """An orientation-6 JPEG predicts as its upright image does (the model sees the same pixels)."""
+    rng = np.random.default_rng(2)
+    upright = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), "RGB")
+    upright.save(tmp_path / "upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "phone.png", exif=exif)
+    out = io.StringIO()
+    predict_files(open_model(models / "m.pt"), [str(tmp_path / "upright.png"), str(tmp_path / "phone.png")], topk=3, out=out)
+    a, b = _lines(out.getvalue())
+    assert a["topk"] == b["topk"]

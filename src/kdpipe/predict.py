@@ -18,23 +18,29 @@ from typing import TextIO
 
 import numpy as np
 import torch
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from kdpipe.data.sources.decode import decode_files
+from kdpipe.data.sources.decode import decode_files, is_image_file
 from kdpipe.errors import KdpipeError
 from kdpipe.model_file import ModelFile, normalise, open_model
 
 CHUNK = 1024  # images decoded and held at once
+log = logging.getLogger("kdpipe")
 
 
 def find_images(inputs: list[str]) -> Iterator[tuple[str, str | None]]:
-    """(path, error) for every input file and every image file under input folders, in order."""
+    """(path, error) for every input file and every image file under input folders, in order; a
+    folder's other files are counted and named on standard error."""
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(IMG_EXTENSIONS))
+            files = sorted(p for p in path.rglob("*") if p.is_file())
+            found = [p for p in files if is_image_file(p.name)]
+            others = [str(p) for p in files if not is_image_file(p.name)]
+            if others:
+                log.warning("%s: skipped %d file(s) that are not images Pillow reads: %s%s", path, len(others),
+                            ", ".join(others[:5]), f" and {len(others) - 5} more" if len(others) > 5 else "")
             if not found:
-                yield str(path), f"no image files ({', '.join(IMG_EXTENSIONS)}) under this folder"
+                yield str(path), "no image files (any format Pillow reads) under this folder"
             for p in found:
                 yield str(p), None
         elif path.is_file():

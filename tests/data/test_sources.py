@@ -286,3 +286,33 @@ def test_decoding_workers_are_output_neutral(tmp_path, monkeypatch):
     timings = ("seconds", "images_per_second", "peak_memory_mb")
     facts = [{k: v for k, v in read_json(tmp_path / f"prepare-{w}.json").items() if k not in timings} for w in (1, 2)]
     assert facts[0] == facts[1]
+
+
+def test_every_format_pillow_reads_is_an_image_and_other_files_are_counted(tmp_path, caplog):
+    """A GIF (its first frame), TIFF, BMP and WebP train like PNGs; a text file in a class folder
+    is skipped by name in the report, never silently."""
+    make_tree(tmp_path, maker=rgb)
+    first, second = rgb(100), rgb(101)
+    first.save(tmp_path / "train" / "cat" / "anim.gif", save_all=True, append_images=[second])
+    for i, ext in enumerate(("tif", "bmp", "webp")):
+        save(tmp_path / "train" / "dog" / f"x.{ext}", rgb(200 + i))
+    (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
+    src = SOURCES["imagefolder"](cfg(tmp_path))
+    assert src.train[0].shape == (16, 3, 12, 12)
+    gif = np.asarray(Image.open(tmp_path / "train" / "cat" / "anim.gif").convert("RGB")).transpose(2, 0, 1)
+    assert any(np.array_equal(gif, x) for x in src.train[0])  # the first frame, as Pillow shows it
+    assert src.report["skipped_not_image"] == 1
+    assert src.report["skipped_not_image_files"] == [str(tmp_path / "train" / "cat" / "notes.txt")]
+    assert "skipped 1 file(s) in class folders that are not images Pillow reads" in caplog.text
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A phone photo stored sideways with EXIF orientation 6 decodes upright."""
+    upright = Image.fromarray(np.kron(np.arange(12, dtype=np.uint8).reshape(3, 4) * 20, np.ones((4, 4), np.uint8)), "L")
+    make_tree(tmp_path, maker=lambda seed: gray(seed, (16, 12)))  # 16 wide, 12 high, as `upright`
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what a camera writes; orientation 6 turns it back
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "test" / "cat" / "phone.png", exif=exif)
+    src = SOURCES["imagefolder"](cfg(tmp_path))
+    assert any(np.array_equal(x[0], np.asarray(upright)) for x in src.test[0])

@@ -161,6 +161,10 @@ def prepare(cfg: DataConfig, seed: int, out_dir: str | Path, metrics_file: str |
             "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "skipped_corrupt": int(report.get("skipped_corrupt", 0)),
             **({"skipped_files": report["skipped_files"]} if report.get("skipped_files") else {}),
+            # files in class folders that are no image Pillow reads (the imagefolder source)
+            **({"skipped_not_image": report["skipped_not_image"]} if "skipped_not_image" in report else {}),
+            **({"skipped_not_image_files": report["skipped_not_image_files"]}
+               if report.get("skipped_not_image_files") else {}),
         },
     )
     log.info("prepared %s: %s, image %sx%sx%s", cfg.dataset, meta.counts, meta.channels, meta.height, meta.width)

@@ -1,4 +1,5 @@
-"""Parallel image decoding into uint8 arrays (PIL in worker processes, one pass per file)."""
+"""Parallel image decoding into uint8 arrays (PIL in worker processes, one pass per file): every
+format Pillow reads (a GIF or other animation: its first frame), upright by the EXIF orientation."""
 
 from __future__ import annotations
 
@@ -7,11 +8,21 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 CHUNK = 512
+# Pillow's stub formats are recognised, never decoded: a file of theirs is not an image to us.
+STUB_FORMATS = {"BUFR", "GRIB", "HDF5", "MPEG", "WMF"}
+IMAGE_EXTENSIONS = tuple(sorted(
+    ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN and fmt not in STUB_FORMATS
+))
+
+
+def is_image_file(name: str) -> bool:
+    """By extension (any case): a file Pillow can decode."""
+    return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
 @dataclass
@@ -51,6 +62,7 @@ def decode_file(path: str, channels: int | None, size: int | tuple[int, int] | N
     try:
         with Image.open(path) as img:
             img.load()  # forces a full decode: a truncated file fails here, not later
+            ImageOps.exif_transpose(img, in_place=True)  # phone photos: pixels as the camera held them
             img, gray = to_uint8_mode(img, channels)
             if target is not None and img.size != target:
                 img = img.resize(target, Image.Resampling.BILINEAR, reducing_gap=3.0)

@@ -1,7 +1,8 @@
 """``imagefolder``: ``data.root/{train,test[,val]}/<class>/<image>``, any size and mode.
 
-Class folders are found with torchvision's ``find_classes``/``make_dataset`` (stray non-image
-files are ignored by extension). Images are decoded once, in parallel, to L or RGB: the channel
+Class folders are found with torchvision's ``find_classes``/``make_dataset``; every file Pillow
+can decode is an image (by extension), and the other files in class folders are counted and named
+in the report (``skipped_not_image``), never dropped without a word. Images are decoded once, in parallel, to L or RGB: the channel
 count follows the data (all gray -> 1, else 3) unless ``data.channels`` says otherwise. Sizes must
 agree unless ``data.image_size`` resizes them.
 """
@@ -12,10 +13,10 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import find_classes, make_dataset
 
 from kdpipe.data.sources.base import SourceData, register_source
-from kdpipe.data.sources.decode import Decoded, decode_files
+from kdpipe.data.sources.decode import IMAGE_EXTENSIONS, Decoded, decode_files, is_image_file
 from kdpipe.errors import DataError
 
 log = logging.getLogger("kdpipe")
@@ -23,17 +24,19 @@ SPLIT_DIRS = ("train", "val", "test")
 SHOWN = 5
 
 
-def _list_split(root: Path, split: str) -> tuple[list[str], list[tuple[str, int]]]:
+def _list_split(root: Path, split: str) -> tuple[list[str], list[tuple[str, int]], list[str]]:
+    """Class names, (image, label) samples and the class folders' other files."""
     folder = root / split
     try:
         classes, class_to_idx = find_classes(str(folder))
     except FileNotFoundError as exc:
         raise DataError(f"imagefolder: {folder} has no class sub-folders ({exc})") from None
     try:
-        samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS)
+        samples = make_dataset(str(folder), class_to_idx, extensions=IMAGE_EXTENSIONS)
     except FileNotFoundError as exc:  # raised for class folders without a single image
         raise DataError(f"imagefolder: {folder}: {exc}") from None
-    return classes, samples
+    others = sorted(str(p) for c in classes for p in (folder / c).rglob("*") if p.is_file() and not is_image_file(p.name))
+    return classes, samples, others
 
 
 def _check_layout(root: Path) -> list[str]:
@@ -72,7 +75,11 @@ def load_imagefolder(cfg) -> SourceData:
     root = Path(cfg.root)
     splits = _check_layout(root)
     listed = {s: _list_split(root, s) for s in splits}
-    class_names = _check_classes({s: classes for s, (classes, _) in listed.items()})
+    class_names = _check_classes({s: classes for s, (classes, _, _) in listed.items()})
+    not_images = [p for s in splits for p in listed[s][2]]
+    if not_images:
+        log.warning("imagefolder: skipped %d file(s) in class folders that are not images Pillow reads, e.g. %s",
+                    len(not_images), ", ".join(not_images[:SHOWN]))
 
     decoded: dict[str, list[Decoded]] = {}
     labels: dict[str, list[int]] = {}
@@ -120,5 +127,7 @@ def load_imagefolder(cfg) -> SourceData:
             "decoded_images": len(everything) + len(bad),
             "skipped_corrupt": len(bad),
             "skipped_files": [d.path for d in bad[:100]],
+            "skipped_not_image": len(not_images),
+            "skipped_not_image_files": not_images[:100],
         },
     )
