@@ -53,7 +53,7 @@ def test_unknown_top_level_key():
 @pytest.mark.parametrize(
     "path,value,expected",
     [
-        ("teacher.epochs", 0, "teacher.epochs"),
+        ("teacher.epochs", -1, "teacher.epochs"),
         ("distill.temperature", 0, "distill.temperature"),
         ("distill.alpha", 1.5, "distill.alpha"),
         ("train.batch_size", "big", "train.batch_size"),

@@ -37,6 +37,9 @@ TEACHERS_DIR = paths.METRICS_DIR / "teachers"
 def pair_params(params: Params, pair: str) -> Params:
     """The experiment's params with the pair's architectures (and learning rates) in the teacher
     and student recipes; the student learns from the teacher directly."""
+    for role in ("teacher", "student"):
+        if params.role(role).checkpoint:
+            raise ConfigError(f"{role}.checkpoint: a benchmark trains every pair's networks itself; unset it")
     cfg = params.benchmark.pairs.get(pair)
     if cfg is None:
         known = ", ".join(params.benchmark.pairs) or "none"

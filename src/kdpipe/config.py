@@ -103,7 +103,11 @@ class RoleConfig(Section):
 
     arch: str
     pretrained: bool = Field(False, description="start from torchvision's ImageNet weights (torch hub cache)")
-    epochs: int = Field(ge=1)
+    epochs: int = Field(ge=0, description="0: import ``checkpoint`` as it is, scored on validation, not trained")
+    checkpoint: str | None = Field(
+        None, description="start from these weights (a kdpipe checkpoint or a state dict of ``arch``), a file "
+        "under models/imported/, which the training stages depend on; with epochs 0 the model is imported",
+    )
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -125,6 +129,17 @@ class RoleConfig(Section):
         from kdpipe.models import MODELS
 
         return one_of("architecture", v, sorted(MODELS))
+
+    @model_validator(mode="after")
+    def _imported(self) -> RoleConfig:
+        if self.epochs == 0 and not self.checkpoint:
+            raise ValueError("epochs 0 imports a model: set checkpoint to its file")
+        if self.checkpoint and Path(self.checkpoint).parts[:2] != ("models", "imported"):
+            raise ValueError(
+                f"checkpoint {self.checkpoint} must sit under models/imported/ (the training stages' dependency): "
+                "copy it there, or `dvc import <repository> <path> -o models/imported/<file>`"
+            )
+        return self
 
     @model_validator(mode="after")
     def _milestones(self) -> RoleConfig:

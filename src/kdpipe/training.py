@@ -21,6 +21,7 @@ from kdpipe.errors import MissingInputError
 from kdpipe.io import sha256_file, write_json
 from kdpipe.methods import METHODS, MethodContext, build_method, check_link
 from kdpipe.models.checkpoint import ModelInfo, load_checkpoint, save_checkpoint
+from kdpipe.models.imported import load_weights
 from kdpipe.models.registry import build_model, count_parameters, init_from_data
 
 log = logging.getLogger("kdpipe")
@@ -91,8 +92,11 @@ def train_link(
         if teacher_info.class_names != meta.class_names or tuple(teacher_info.image_shape) != meta.image_shape:
             raise_stale(path, stage)
     size = max(meta.height, meta.width)
-    student = build_model(role_cfg.arch, meta.num_classes, meta.channels, size, role_cfg.pretrained)
-    if not role_cfg.pretrained:  # fastnet's whitening filters come from the first training images
+    student = build_model(role_cfg.arch, meta.num_classes, meta.channels, size, role_cfg.pretrained,
+                          load_weights=role_cfg.checkpoint is None)
+    if role_cfg.checkpoint:  # the user's weights: imported (epochs 0) or fine-tuned
+        load_weights(student, role_cfg.checkpoint, role_cfg.arch, meta, f"{role}.checkpoint")
+    elif not role_cfg.pretrained:  # fastnet's whitening filters come from the first training images
         sample = BatchTransform(meta, torch.device("cpu"), channels_last=False)(data["train"].images[:DATA_INIT_IMAGES])
         init_from_data(role_cfg.arch, student, sample)
     context = MethodContext(
@@ -160,6 +164,8 @@ def train_role(params: Params, role: str, link: DistillConfig | None = None, nam
             "device": trained.device,
             "cpu_isa": cpu_isa(),
             **summary(result),
+            **({"checkpoint": role_cfg.checkpoint, "checkpoint_sha256": sha256_file(role_cfg.checkpoint)}
+               if role_cfg.checkpoint else {}),
         },
     )
     save_checkpoint(paths.checkpoint_path(name), trained.student, info)
@@ -183,8 +189,15 @@ def run_fingerprint(params: Params, role: str, link: DistillConfig | None = None
         link.model_dump() if link is not None else None,
         load_meta(paths.PREPARED_DIR).to_dict(),
         sha256_file(teacher_file) if teacher_file is not None and teacher_file.is_file() else None,
+        *_imported_digest(params.role(role).checkpoint),
         code_digest(), torch.__version__,
     )
+
+
+def _imported_digest(checkpoint: str | None) -> tuple[str, ...]:
+    """The starting weights' hash, when a run starts from a file (nothing otherwise: the other runs'
+    fingerprints stay as they were)."""
+    return (sha256_file(checkpoint),) if checkpoint and Path(checkpoint).is_file() else ()
 
 
 def raise_stale(teacher_file: Path, stage: str) -> None:

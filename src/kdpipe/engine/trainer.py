@@ -204,6 +204,21 @@ def validate(student: torch.nn.Module, val: Split, transform: BatchTransform, ba
     return float((logits.argmax(1) == val.labels).float().mean()), float(F.cross_entropy(logits, val.labels))
 
 
+def score_only(student: torch.nn.Module, val: Split, transform: BatchTransform, batch_size: int, autocast,
+               logger: EpochLogger | None) -> FitResult:
+    """The result of zero epochs: the starting weights (epoch 0), scored on the validation split."""
+    val_acc, val_loss = validate(student, val, transform, batch_size, autocast)
+    values = {"val/loss": val_loss, "val/acc": val_acc}
+    if logger is not None:
+        logger.log_epoch(0, values)
+    student.to("cpu").to(memory_format=torch.contiguous_format).eval()
+    return FitResult(
+        best_epoch=0, best_val_accuracy=val_acc, best_val_loss=val_loss, last_val_accuracy=val_acc, epochs=0,
+        train_seconds=0.0, images_per_second=0.0, history=[values],
+        last_state={k: v.detach().cpu().clone() for k, v in student.state_dict().items()},
+    )
+
+
 def fit(
     method: Method,
     role: RoleConfig,
@@ -221,6 +236,8 @@ def fit(
     place(method, device, train_cfg.channels_last)
     transform = BatchTransform(data.meta, device, train_cfg.channels_last)
     train, val = data["train"], data["val"]
+    if role.epochs == 0:  # an imported model (``<role>.checkpoint``): scored, not trained
+        return score_only(method.student, val, transform, train_cfg.eval_batch_size, runtime.autocast, logger)
     batch_size = min(train_cfg.batch_size, len(train))
     steps = num_batches(len(train), batch_size, drop_last=True)
     model, shard = distribute(method, runtime, train_cfg, batch_size)
