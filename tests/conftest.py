@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["src", "benchmarks", "data/raw", "compare", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/plots", ".dvcignore", ".gitignore"]
+PROJECT_FILES = ["src", "benchmarks", "data/raw", "compare", "models/imported", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/plots", ".dvcignore", ".gitignore"]
 
 
 def load_default_params() -> dict:
