@@ -1,5 +1,6 @@
 """`dvc plots show` renders offline: every chart drawn in headless Chromium, no network, no errors."""
 
+import itertools
 import os
 
 import numpy as np
@@ -8,6 +9,7 @@ import yaml
 from PIL import Image
 
 from conftest import ROOT
+from kdpipe.config import lookup
 from kdpipe.plots_page import chromium_path, network_scripts, plots_show, render
 
 needs_browser = pytest.mark.skipif(
@@ -17,6 +19,27 @@ needs_browser = pytest.mark.skipif(
 
 
 IMAGES = (".png", ".jpg", ".jpeg", ".svg", ".gif")
+
+
+def generated_paths(out, stage: dict, base) -> list[str]:
+    """The path of a stage `plots:` output, once per stage a `matrix:` generates (``${item.<axis>}``
+    filled in from the experiment's params.yaml: a list's items, a mapping's keys)."""
+    path = out if isinstance(out, str) else next(iter(out))
+    if "matrix" not in stage:
+        return [path]
+    params = yaml.safe_load((base / "params.yaml").read_text())
+    axes = {}
+    for axis, values in stage["matrix"].items():
+        if isinstance(values, str):  # "${a.b}"
+            values = lookup(params, values.strip("${}"))
+        axes[axis] = list(values)
+    paths = []
+    for combo in itertools.product(*axes.values()):
+        filled = path
+        for axis, value in zip(axes, combo):
+            filled = filled.replace("${item." + axis + "}", str(value))
+        paths.append(filled)
+    return paths
 
 
 def declared_plots() -> tuple[int, list[str], int]:
@@ -35,8 +58,7 @@ def declared_plots() -> tuple[int, list[str], int]:
             else:  # a folder of images
                 images += [str(p) for p in (base / plot).glob("*") if p.suffix in IMAGES]
         for stage in spec["stages"].values():
-            for out in stage.get("plots", []):
-                path = out if isinstance(out, str) else next(iter(out))
+            for out, path in ((o, p) for o in stage.get("plots", []) for p in generated_paths(o, stage, base)):
                 files = [p for p in (base / path).rglob("*") if p.is_file()]
                 if not files and dvc_file in experiments:
                     charts, empty = charts + 1, empty + 1
