@@ -129,11 +129,11 @@ def benchmark_table(params: Params) -> dict:
                                             "has not run: run `dvc repro`")
                 runs.append(read_json(path))
             table[f"{pair}/{method}"] = {
+                **aggregate(runs),  # (its "teacher" is None for `none`: the pair's teacher replaces it)
                 "pair": pair, "teacher": pp.teacher.arch, "student": pp.student.arch, "method": method,
                 "seeds": list(bench.seeds), "epochs": pp.student.epochs,
-                "teacher_test_accuracy": teacher["test_accuracy_best_val"], **aggregate(runs),
+                "teacher_test_accuracy": teacher["test_accuracy_best_val"],
             }
-            table[f"{pair}/{method}"]["teacher"] = pp.teacher.arch  # aggregate's is None for `none`
     write_json(METHODS_METRICS, table)
     with atomic_path(METHODS_PLOT) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
