@@ -81,13 +81,3 @@ def test_corrupt_or_missing_prepared_data_is_detected(tmp_path):
 def test_too_small_subset_is_a_clear_error():
     with pytest.raises(DataError, match="stratified split"):
         make_splits(DataConfig(max_train_samples=5), seed=0)
-
-
-def test_channel_stats_in_chunks_match_numpy():
-    from kdpipe.data.prepare import channel_stats
-
-    x = np.random.default_rng(0).integers(0, 256, (1000, 3, 5, 5), dtype=np.uint8)
-    mean, std = channel_stats(x, chunk=64)
-    ref = x.astype(np.float64) / 255
-    assert np.allclose(mean, ref.mean(axis=(0, 2, 3)), atol=1e-6)
-    assert np.allclose(std, ref.std(axis=(0, 2, 3)), atol=1e-6)

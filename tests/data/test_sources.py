@@ -10,6 +10,8 @@ from PIL import Image
 
 from kdpipe.config import DataConfig
 from kdpipe.data.prepare import make_splits, prepare
+from kdpipe.data.prepared import load_prepared
+from kdpipe.data.write import write_split
 from kdpipe.data.sources import SOURCES
 from kdpipe.errors import DataError
 from kdpipe.io import read_json
@@ -140,6 +142,14 @@ def gray(seed, size=(12, 12)):
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, size[::-1], dtype=np.uint8), "L")
 
 
+def pixels(split, tmp_path):
+    """A source's files decoded as prepare writes them (kdpipe.data.write)."""
+    out = tmp_path / "decoded.npy"
+    written = write_split(out, split[0], image_size=None, channels=None, workers=1, desc="test")
+    assert not written.unreadable
+    return np.load(out)
+
+
 def make_tree(root: Path, n=6, classes=("cat", "dog"), splits=("train", "test"), maker=gray, ext="png"):
     for split in splits:
         for c in classes:
@@ -166,7 +176,7 @@ def test_mixed_modes_become_rgb(tmp_path):
     src = SOURCES["imagefolder"](cfg(tmp_path))
     assert src.train[0].shape == (14, 3, 12, 12) and src.test[0].shape == (14, 3, 12, 12)
     # a gray image is copied into all three channels
-    g = src.train[0][0]
+    g = pixels(src.train, tmp_path)[0]
     assert np.array_equal(g[0], g[1]) and np.array_equal(g[1], g[2])
 
 
@@ -175,7 +185,7 @@ def test_transparent_pixels_become_white(tmp_path):
     clear = Image.new("RGBA", (12, 12), (0, 0, 0, 0))
     save(tmp_path / "train" / "cat" / "clear.png", clear)
     src = SOURCES["imagefolder"](cfg(tmp_path))
-    assert (src.train[0] == 255).all(axis=(1, 2, 3)).sum() == 1
+    assert (pixels(src.train, tmp_path) == 255).all(axis=(1, 2, 3)).sum() == 1
 
 
 def test_channels_setting_forces_gray(tmp_path):
@@ -247,8 +257,8 @@ def test_root_without_images(tmp_path):
 
 def test_prepare_resizes_and_converts_array_sources(tmp_path):
     write_cifar(tmp_path)
-    _, splits, _ = make_splits(cfg(tmp_path, dataset="cifar10", image_size=16, channels=1), seed=0)
-    assert splits["train"][0].shape[1:] == (1, 16, 16)
+    meta = prepare(cfg(tmp_path, dataset="cifar10", image_size=16, channels=1), 0, tmp_path / "p", tmp_path / "m.json")
+    assert meta.image_shape == (1, 16, 16) and load_prepared(tmp_path / "p")["train"].images.shape[1:] == (1, 16, 16)
 
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "cifar10-jpg.tar.gz"
@@ -300,7 +310,7 @@ def test_every_format_pillow_reads_is_an_image_and_other_files_are_counted(tmp_p
     src = SOURCES["imagefolder"](cfg(tmp_path))
     assert src.train[0].shape == (16, 3, 12, 12)
     gif = np.asarray(Image.open(tmp_path / "train" / "cat" / "anim.gif").convert("RGB")).transpose(2, 0, 1)
-    assert any(np.array_equal(gif, x) for x in src.train[0])  # the first frame, as Pillow shows it
+    assert any(np.array_equal(gif, x) for x in pixels(src.train, tmp_path))  # the first frame, as Pillow shows it
     assert src.report["skipped_not_image"] == 1
     assert src.report["skipped_not_image_files"] == [str(tmp_path / "train" / "cat" / "notes.txt")]
     assert "skipped 1 file(s) in class folders that are not images Pillow reads" in caplog.text
@@ -315,4 +325,4 @@ def test_exif_orientation_is_applied(tmp_path):
     exif[0x0112] = 6
     stored.save(tmp_path / "test" / "cat" / "phone.png", exif=exif)
     src = SOURCES["imagefolder"](cfg(tmp_path))
-    assert any(np.array_equal(x[0], np.asarray(upright)) for x in src.test[0])
+    assert any(np.array_equal(x[0], np.asarray(upright)) for x in pixels(src.test, tmp_path))

@@ -1,4 +1,4 @@
-"""Prepare: raw source -> seeded stratified train/val/test uint8 arrays plus metadata."""
+"""Prepare: raw source -> seeded stratified train/val/test uint8 arrays plus metadata, streamed to\ndisk a chunk at a time (kdpipe.data.write), so a data set larger than memory prepares."""
 
 from __future__ import annotations
 
@@ -10,27 +10,34 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-import torchvision.transforms.v2.functional as TF
 from sklearn.model_selection import train_test_split
 
 from kdpipe.config import DataConfig
 from kdpipe.data.prepared import META_FILE, SPLITS, PreparedMeta
 from kdpipe.data.sources import SOURCES
+from kdpipe.data.sources.base import Images, ImageFiles
+from kdpipe.data.sources.decode import unreadable_error
+from kdpipe.data.write import channel_stats, write_split, written_shape
 from kdpipe.errors import DataError
 from kdpipe.io import sha256_file, write_json
 
 log = logging.getLogger("kdpipe")
-Split = tuple[np.ndarray, np.ndarray]
+Split = tuple[Images, np.ndarray]
+DISK_MARGIN = 256 * 2**20  # left free beside the prepared splits
 
 
-def stratified_split(x: np.ndarray, y: np.ndarray, take: float, seed: int) -> tuple[Split, Split]:
-    """Split off ``take`` samples (a fraction or a count) with class proportions kept."""
+def take_rows(images: Images, rows: np.ndarray) -> Images:
+    return images.take(rows) if isinstance(images, ImageFiles) else images[rows]
+
+
+def stratified_split(x: Images, y: np.ndarray, take: float, seed: int) -> tuple[Split, Split]:
+    """Split off ``take`` samples (a fraction or a count) with class proportions kept (the rows
+    depend on the labels and the seed only, so files and arrays split alike)."""
     try:
-        x_rest, x_take, y_rest, y_take = train_test_split(x, y, test_size=take, stratify=y, random_state=seed)
+        rest, taken = train_test_split(np.arange(len(y)), test_size=take, stratify=y, random_state=seed)
     except ValueError as exc:
         raise DataError(f"cannot make a stratified split of {len(y)} samples: {exc}") from None
-    return (x_rest, y_rest), (x_take, y_take)
+    return (take_rows(x, rest), y[rest]), (take_rows(x, taken), y[taken])
 
 
 def subsample(split: Split, limit: int | None, seed: int) -> Split:
@@ -41,31 +48,10 @@ def subsample(split: Split, limit: int | None, seed: int) -> Split:
     return kept
 
 
-def conform(x: np.ndarray, image_size: int | None, channels: int | None, batch: int = 4096) -> np.ndarray:
-    """Resize (antialiased) and convert channels of uint8 (N, C, H, W) arrays, in batches."""
-    need_size = image_size is not None and x.shape[2:] != (image_size, image_size)
-    need_channels = channels is not None and x.shape[1] != channels
-    if not (need_size or need_channels):
-        return x
-    out = []
-    for start in range(0, len(x), batch):
-        t = torch.from_numpy(np.ascontiguousarray(x[start : start + batch]))
-        if need_channels:
-            t = TF.rgb_to_grayscale(t) if channels == 1 else TF.grayscale_to_rgb(t)
-        if need_size:
-            t = TF.resize(t, [image_size, image_size], antialias=True)
-        out.append(t.numpy())
-    return np.concatenate(out)
-
-
 def make_splits(cfg: DataConfig, seed: int) -> tuple[list[str], dict[str, Split], dict]:
     source = SOURCES[cfg.dataset](cfg)
     if len(source.class_names) < 2:
         raise DataError(f"{cfg.dataset}: found {len(source.class_names)} class(es); classification needs at least 2")
-    for name in ("train", "val", "test"):
-        arrays = getattr(source, name)
-        if arrays is not None:
-            setattr(source, name, (conform(arrays[0], cfg.image_size, cfg.channels), arrays[1]))
     train = source.train
     test = source.test
     if test is None:
@@ -85,68 +71,89 @@ def make_splits(cfg: DataConfig, seed: int) -> tuple[list[str], dict[str, Split]
         "test": subsample(test, cfg.max_test_samples, seed + 3),
     }
     for name, (x, y) in splits.items():
-        if x.dtype != np.uint8 or x.ndim != 4:
+        if not isinstance(x, ImageFiles) and (x.dtype != np.uint8 or x.ndim != 4):
             raise DataError(f"{cfg.dataset}: {name} images must be uint8 (N, C, H, W), got {x.dtype} {x.shape}")
-        missing = sorted(set(range(len(source.class_names))) - set(np.unique(y).tolist()))
-        if missing:
-            names = ", ".join(source.class_names[i] for i in missing)
-            raise DataError(f"{cfg.dataset}: {name} split has no images of class(es) {names}")
+        check_classes(cfg.dataset, name, y, source.class_names)
     return source.class_names, splits, source.report
 
 
-def channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std in [0, 1] units, accumulated in float64 over chunks of images
-    (a float64 copy of a whole CIFAR-sized split would take over a gigabyte)."""
-    total = np.zeros(x.shape[1])
-    squares = np.zeros(x.shape[1])
-    for start in range(0, len(x), chunk):
-        part = x[start : start + chunk].astype(np.float64) / 255.0
-        total += part.sum(axis=(0, 2, 3))
-        squares += np.square(part).sum(axis=(0, 2, 3))
-    count = x.shape[0] * x.shape[2] * x.shape[3]
-    mean = total / count
-    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
-    return mean.round(6).tolist(), np.maximum(std, 1e-6).round(6).tolist()
+def check_classes(dataset: str, split: str, y: np.ndarray, class_names: list[str]) -> None:
+    missing = sorted(set(range(len(class_names))) - set(np.unique(y).tolist()))
+    if missing:
+        names = ", ".join(class_names[i] for i in missing)
+        raise DataError(f"{dataset}: {split} split has no images of class(es) {names}")
+
+
+def check_disk_space(splits: dict[str, Split], shape: tuple[int, int, int], out_dir: Path, cfg: DataConfig) -> None:
+    """Refuse before decoding anything when the prepared splits cannot fit the disk."""
+    count = sum(len(y) for _, y in splits.values())
+    needed = count * int(np.prod(shape))
+    free = shutil.disk_usage(out_dir.parent).free
+    if needed > free - DISK_MARGIN:
+        raise DataError(
+            f"prepare needs {needed / 1e9:.2f} GB for {count:,} images of {shape[0]}x{shape[1]}x{shape[2]} under "
+            f"{out_dir.parent}, which has {free / 1e9:.2f} GB free: free space, or set a smaller data.image_size "
+            f"(now {cfg.image_size}) or data.max_train_samples"
+        )
 
 
 def prepare(cfg: DataConfig, seed: int, out_dir: str | Path, metrics_file: str | Path) -> PreparedMeta:
     start = time.perf_counter()
     class_names, splits, report = make_splits(cfg, seed)
-    x_train = splits["train"][0]
-    mean, std = channel_stats(x_train)
-    meta = PreparedMeta(
-        dataset=cfg.dataset,
-        class_names=class_names,
-        channels=int(x_train.shape[1]),
-        height=int(x_train.shape[2]),
-        width=int(x_train.shape[3]),
-        mean=mean,
-        std=std,
-        counts={name: len(y) for name, (_, y) in splits.items()},
-    )
-    # Build the whole folder aside and swap it in, so a failure never leaves a partial data set.
+    shape = written_shape(splits["train"][0], cfg.image_size, cfg.channels)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    check_disk_space(splits, shape, out_dir, cfg)
+    # Build the whole folder aside and swap it in, so a failure never leaves a partial data set.
     for stale in out_dir.parent.glob(f".{out_dir.name}.*.tmp"):  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)
     # beside out_dir (one file system, so the swap is a rename); *.tmp: ignored by git
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    labels: dict[str, np.ndarray] = {}
+    unreadable: list[tuple[str, str]] = []
     try:
+        files, histograms = {}, None
         for name in SPLITS:
             x, y = splits[name]
-            np.save(tmp / f"{name}_x.npy", np.ascontiguousarray(x))
-            np.save(tmp / f"{name}_y.npy", y.astype(np.int64))
-        meta.files = {path.name: sha256_file(path) for path in sorted(tmp.glob("*.npy"))}
+            written = write_split(tmp / f"{name}_x.npy", x, cfg.image_size, cfg.channels, cfg.workers, desc=name)
+            unreadable += written.unreadable
+            labels[name] = y[written.kept].astype(np.int64)
+            np.save(tmp / f"{name}_y.npy", labels[name])
+            files[f"{name}_x.npy"] = written.sha256
+            files[f"{name}_y.npy"] = sha256_file(tmp / f"{name}_y.npy")
+            if name == "train":
+                histograms = written.histograms
+        if unreadable and not cfg.skip_corrupt:
+            raise unreadable_error(cfg.dataset, unreadable)
+        for name, y in labels.items():
+            check_classes(cfg.dataset, name, y, class_names)
+        mean, std = channel_stats(histograms)
+        meta = PreparedMeta(
+            dataset=cfg.dataset,
+            class_names=class_names,
+            channels=shape[0],
+            height=shape[1],
+            width=shape[2],
+            mean=mean,
+            std=std,
+            counts={name: len(y) for name, y in labels.items()},
+            files=dict(sorted(files.items())),
+        )
         write_json(tmp / META_FILE, meta.to_dict())
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if unreadable:
+        log.warning("%s: skipped %d image(s) that failed to decode, e.g. %s", cfg.dataset, len(unreadable),
+                    unreadable[0][0])
+        report = {**report, "skipped_corrupt": report.get("skipped_corrupt", 0) + len(unreadable),
+                  "skipped_files": (report.get("skipped_files", []) + [p for p, _ in unreadable])[:100]}
     seconds = time.perf_counter() - start
     per_class = {
         name: {class_names[c]: int(n) for c, n in zip(*np.unique(y, return_counts=True))}
-        for name, (_, y) in splits.items()
+        for name, y in labels.items()
     }
     write_json(
         metrics_file,

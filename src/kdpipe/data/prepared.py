@@ -1,5 +1,5 @@
-"""Loading the prepared splits: uint8 arrays checked against their metadata (SHA-256, shape,
-dtype, label range), so a corrupted file is refused instead of trained on."""
+"""Loading the prepared splits: memory-mapped uint8 arrays checked against their metadata
+(SHA-256, shape, dtype, label range), so a corrupted file is refused instead of trained on."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class PreparedMeta:
 
 @dataclass
 class Split:
-    images: torch.Tensor  # uint8 (N, C, H, W)
+    images: torch.Tensor  # uint8 (N, C, H, W), over a memory-mapped file unless loaded in memory
     labels: torch.Tensor  # int64 (N,)
 
     def __len__(self) -> int:
@@ -68,7 +68,10 @@ def load_meta(root: str | Path) -> PreparedMeta:
         raise DataError(f"{path} is unreadable or from another version: {exc}") from None
 
 
-def load_prepared(root: str | Path, splits: tuple[str, ...] = SPLITS) -> PreparedData:
+def load_prepared(root: str | Path, splits: tuple[str, ...] = SPLITS, in_memory: bool = False) -> PreparedData:
+    """The splits as uint8 tensors over memory-mapped files: batches are read from the page cache
+    (or the disk), never the whole split into the process's own memory. ``in_memory``: copied
+    into memory instead (a small data set read at random, or to compare the two)."""
     root = Path(root)
     meta = load_meta(root)
     loaded = {}
@@ -77,14 +80,16 @@ def load_prepared(root: str | Path, splits: tuple[str, ...] = SPLITS) -> Prepare
     for name in splits:
         xp, yp = root / f"{name}_x.npy", root / f"{name}_y.npy"
         for path in (xp, yp):
+            # one sequential read, which also leaves the file in the page cache for training
             if path.is_file() and sha256_file(path) != meta.files.get(path.name):
                 raise DataError(
                     f"{path} is corrupted: its SHA-256 differs from the one prepare recorded in {root / META_FILE}; "
                     "re-run `dvc repro prepare` (or `dvc checkout data/prepared`)"
                 )
         try:
-            x = np.load(xp, mmap_mode="r")
-            y = np.load(yp, mmap_mode="r")
+            # copy-on-write: a writable array for torch, whose pages stay the file's unless written
+            x = np.load(xp, mmap_mode="c")
+            y = np.load(yp)
         except (OSError, ValueError) as exc:
             raise DataError(f"{xp.parent}: cannot read the {name} split ({exc}); re-run `dvc repro prepare`") from None
         expected = (meta.counts.get(name), *meta.image_shape)
@@ -93,8 +98,8 @@ def load_prepared(root: str | Path, splits: tuple[str, ...] = SPLITS) -> Prepare
                 f"{xp} does not match {root / META_FILE}: images {x.dtype} {tuple(x.shape)}, labels "
                 f"{tuple(y.shape)}, expected uint8 {expected}; re-run `dvc repro prepare`"
             )
-        labels = torch.from_numpy(np.array(y, dtype=np.int64))
+        labels = torch.from_numpy(y.astype(np.int64))
         if len(labels) and (labels.min() < 0 or labels.max() >= meta.num_classes):
             raise DataError(f"{yp}: labels outside 0..{meta.num_classes - 1}")
-        loaded[name] = Split(torch.from_numpy(np.array(x)), labels)
+        loaded[name] = Split(torch.from_numpy(np.array(x) if in_memory else x), labels)
     return PreparedData(meta, loaded)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -13,7 +13,36 @@ from kdpipe.data.sources import SOURCES
 if TYPE_CHECKING:
     from kdpipe.config import DataConfig
 
-Arrays = tuple[np.ndarray, np.ndarray]  # uint8 images (N, C, H, W), int64 labels (N,)
+
+
+@dataclass(frozen=True)
+class ImageFiles:
+    """Images still on disk, with their decoded shape known from the headers: prepare decodes
+    them a chunk at a time straight into the prepared split (never all at once)."""
+
+    paths: tuple[str, ...]
+    channels: int
+    height: int
+    width: int
+    resize: bool  # to (height, width); else every file already has that size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.paths), self.channels, self.height, self.width)
+
+    def take(self, rows: np.ndarray) -> ImageFiles:
+        return replace(self, paths=tuple(self.paths[i] for i in rows))
+
+    def decode_args(self) -> tuple[int, tuple[int, int] | None]:
+        """decode_file's ``channels`` and ``size`` arguments."""
+        return self.channels, (self.height, self.width) if self.resize else None
+
+
+Images = np.ndarray | ImageFiles  # uint8 (N, C, H, W) in memory, or files to decode to that
+Arrays = tuple[Images, np.ndarray]  # images, int64 labels (N,)
 
 
 @dataclass

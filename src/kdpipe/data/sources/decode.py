@@ -3,7 +3,10 @@ format Pillow reads (a GIF or other animation: its first frame), upright by the 
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
@@ -11,8 +14,12 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
+from kdpipe.errors import DataError
+
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 CHUNK = 512
+PROBE_CHUNK = 4096  # headers only: cheap per file
+ORIENTATION = 0x0112  # the EXIF tag
 # Pillow's stub formats are recognised, never decoded: a file of theirs is not an image to us.
 STUB_FORMATS = {"BUFR", "GRIB", "HDF5", "MPEG", "WMF"}
 IMAGE_EXTENSIONS = tuple(sorted(
@@ -23,6 +30,16 @@ IMAGE_EXTENSIONS = tuple(sorted(
 def is_image_file(name: str) -> bool:
     """By extension (any case): a file Pillow can decode."""
     return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def unreadable_error(dataset: str, bad: list[tuple[str, str]], shown: int = 5) -> DataError:
+    """The error naming unreadable files: (path, reason) pairs."""
+    listed = "; ".join(f"{path} ({error})" for path, error in bad[:shown])
+    more = f" and {len(bad) - shown} more" if len(bad) > shown else ""
+    return DataError(
+        f"{dataset}: {len(bad)} unreadable image(s): {listed}{more}. "
+        "Fix or remove them, or set data.skip_corrupt: true to skip them"
+    )
 
 
 @dataclass
@@ -78,23 +95,74 @@ def _decode_chunk(args: tuple[list[str], int | None, int | tuple[int, int] | Non
     return [decode_file(p, channels, size) for p in paths]
 
 
+@dataclass
+class Probe:
+    path: str
+    height: int = 0  # upright, after the EXIF orientation
+    width: int = 0
+    gray: bool = False
+    error: str | None = None
+
+
+def probe_file(path: str) -> Probe:
+    """Size and gray-ness from the file's header, without decoding the pixels."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if img.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8):  # stored turned by 90 degrees
+                width, height = height, width
+            palette = img.palette.colors if img.mode == "P" and img.palette is not None else None
+            gray = img.mode in GRAY_MODES or bool(palette) and all(r == g == b for r, g, b, *_ in palette)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is reported by name
+        return Probe(path, error=f"{type(exc).__name__}: {exc}")
+    return Probe(path, height, width, gray)
+
+
+def _probe_chunk(paths: list[str]) -> list[Probe]:
+    return [probe_file(p) for p in paths]
+
+
+def in_order(work: Callable, chunks: list, workers: int, desc: str, total: int) -> Iterator:
+    """``work`` over ``chunks`` across ``workers`` processes, results in order, at most two chunks a
+    worker in flight (so memory stays bounded however many images there are)."""
+    workers = workers or os.cpu_count() or 1
+    bar = tqdm(total=total, desc=desc, unit="img", disable=None, leave=False)
+    try:
+        if workers == 1 or len(chunks) <= 1:
+            for chunk in chunks:
+                part = work(chunk)
+                bar.update(len(part))
+                yield part
+            return
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            pending: deque = deque()
+            todo = iter(chunks)
+            for chunk in itertools.islice(todo, 2 * workers):
+                pending.append(pool.submit(work, chunk))
+            while pending:
+                part = pending.popleft().result()
+                for chunk in itertools.islice(todo, 1):
+                    pending.append(pool.submit(work, chunk))
+                bar.update(len(part))
+                yield part
+    finally:
+        bar.close()
+
+
+def iter_decoded(
+    paths: list[str], channels: int | None, size: int | tuple[int, int] | None, workers: int = 0, desc: str = "decode"
+) -> Iterator[list[Decoded]]:
+    """Decode ``paths`` in order, ``CHUNK`` files at a time, across ``workers`` processes (0 = all cores)."""
+    chunks = [(paths[i : i + CHUNK], channels, size) for i in range(0, len(paths), CHUNK)]
+    return in_order(_decode_chunk, chunks, workers, desc, len(paths))
+
+
 def decode_files(
     paths: list[str], channels: int | None, size: int | tuple[int, int] | None, workers: int = 0, desc: str = "decode"
 ) -> list[Decoded]:
-    """Decode ``paths`` in order, across ``workers`` processes (0 = all cores)."""
-    workers = workers or os.cpu_count() or 1
-    chunks = [(paths[i : i + CHUNK], channels, size) for i in range(0, len(paths), CHUNK)]
-    out: list[Decoded] = []
-    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=None, leave=False)
-    if workers == 1 or len(chunks) <= 1:
-        results = map(_decode_chunk, chunks)
-        for part in results:
-            out.extend(part)
-            bar.update(len(part))
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for part in pool.map(_decode_chunk, chunks):
-                out.extend(part)
-                bar.update(len(part))
-    bar.close()
-    return out
+    return [d for part in iter_decoded(paths, channels, size, workers, desc) for d in part]
+
+
+def probe_files(paths: list[str], workers: int = 0, desc: str = "probe") -> list[Probe]:
+    chunks = [paths[i : i + PROBE_CHUNK] for i in range(0, len(paths), PROBE_CHUNK)]
+    return [p for part in in_order(_probe_chunk, chunks, workers, desc, len(paths)) for p in part]

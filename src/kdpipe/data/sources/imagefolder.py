@@ -2,9 +2,10 @@
 
 Class folders are found with torchvision's ``find_classes``/``make_dataset``; every file Pillow
 can decode is an image (by extension), and the other files in class folders are counted and named
-in the report (``skipped_not_image``), never dropped without a word. Images are decoded once, in parallel, to L or RGB: the channel
-count follows the data (all gray -> 1, else 3) unless ``data.channels`` says otherwise. Sizes must
-agree unless ``data.image_size`` resizes them.
+in the report (``skipped_not_image``), never dropped without a word. The source reads headers only
+(in parallel): the channel count follows the data (all gray -> 1, else 3) unless ``data.channels``
+says otherwise; sizes must agree unless ``data.image_size`` resizes them. Prepare decodes the pixels
+later, a chunk at a time, straight into the prepared split (kdpipe.data.write).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from torchvision.datasets.folder import find_classes, make_dataset
 
-from kdpipe.data.sources.base import SourceData, register_source
-from kdpipe.data.sources.decode import IMAGE_EXTENSIONS, Decoded, decode_files, is_image_file
+from kdpipe.data.sources.base import ImageFiles, SourceData, register_source
+from kdpipe.data.sources.decode import IMAGE_EXTENSIONS, Probe, is_image_file, probe_files, unreadable_error
 from kdpipe.errors import DataError
 
 log = logging.getLogger("kdpipe")
@@ -65,11 +66,6 @@ def _check_classes(found: dict[str, list[str]]) -> list[str]:
     return reference
 
 
-def _stack(decoded: list[Decoded], labels: list[int], channels: int) -> tuple[np.ndarray, np.ndarray]:
-    arrays = [d.array if d.array.shape[0] == channels else np.repeat(d.array, channels, axis=0) for d in decoded]
-    return np.stack(arrays), np.asarray(labels, dtype=np.int64)
-
-
 @register_source("imagefolder")
 def load_imagefolder(cfg) -> SourceData:
     root = Path(cfg.root)
@@ -81,52 +77,52 @@ def load_imagefolder(cfg) -> SourceData:
         log.warning("imagefolder: skipped %d file(s) in class folders that are not images Pillow reads, e.g. %s",
                     len(not_images), ", ".join(not_images[:SHOWN]))
 
-    decoded: dict[str, list[Decoded]] = {}
+    # Headers first (sizes, gray or colour): the split's shape is known before a pixel is decoded.
+    probes: dict[str, list[Probe]] = {}
     labels: dict[str, list[int]] = {}
-    bad: list[Decoded] = []
+    bad: list[Probe] = []
     for split in splits:
         samples = listed[split][1]
-        results = decode_files([p for p, _ in samples], cfg.channels, cfg.image_size, cfg.workers, desc=split)
-        decoded[split], labels[split] = [], []
-        for res, (_, label) in zip(results, samples):
-            if res.array is None:
-                bad.append(res)
+        probes[split], labels[split] = [], []
+        for probe, (_, label) in zip(probe_files([p for p, _ in samples], cfg.workers, desc=f"{split} headers"), samples):
+            if probe.error is not None:
+                bad.append(probe)
             else:
-                decoded[split].append(res)
+                probes[split].append(probe)
                 labels[split].append(label)
     if bad and not cfg.skip_corrupt:
-        shown = "; ".join(f"{d.path} ({d.error})" for d in bad[:SHOWN])
-        more = f" and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
-        raise DataError(
-            f"imagefolder: {len(bad)} unreadable image(s): {shown}{more}. "
-            "Fix or remove them, or set data.skip_corrupt: true to skip them"
-        )
+        raise unreadable_error("imagefolder", [(b.path, b.error) for b in bad])
     for split in splits:
-        if not decoded[split]:
+        if not probes[split]:
             raise DataError(f"imagefolder: {root / split} has no readable images")
 
-    everything = [d for split in splits for d in decoded[split]]
-    sizes = {d.array.shape[1:] for d in everything}
-    if len(sizes) > 1:
-        first = everything[0]
-        other = next(d for d in everything if d.array.shape[1:] != first.array.shape[1:])
+    everything = [p for split in splits for p in probes[split]]
+    first = everything[0]
+    other = next((p for p in everything if (p.height, p.width) != (first.height, first.width)), None)
+    if other is not None and cfg.image_size is None:
         raise DataError(
-            f"imagefolder: image sizes differ ({first.path} is {first.array.shape[2]}x{first.array.shape[1]}, "
-            f"{other.path} is {other.array.shape[2]}x{other.array.shape[1]}); set data.image_size to resize them"
+            f"imagefolder: image sizes differ ({first.path} is {first.width}x{first.height}, "
+            f"{other.path} is {other.width}x{other.height}); set data.image_size to resize them"
         )
-    channels = cfg.channels or (1 if all(d.gray for d in everything) else 3)
-    arrays = {split: _stack(decoded[split], labels[split], channels) for split in splits}
+    channels = cfg.channels or (1 if all(p.gray for p in everything) else 3)
+    size = (cfg.image_size, cfg.image_size) if cfg.image_size else (first.height, first.width)
+    resize = cfg.image_size is not None
+
+    def files(split: str) -> tuple[ImageFiles, np.ndarray]:
+        paths = tuple(p.path for p in probes[split])
+        return ImageFiles(paths, channels, *size, resize=resize), np.asarray(labels[split], dtype=np.int64)
+
     if bad:
         log.warning("imagefolder: skipped %d unreadable image(s), e.g. %s", len(bad), bad[0].path)
     return SourceData(
         class_names=class_names,
-        train=arrays["train"],
-        test=arrays["test"],
-        val=arrays.get("val"),
+        train=files("train"),
+        test=files("test"),
+        val=files("val") if "val" in splits else None,
         report={
             "decoded_images": len(everything) + len(bad),
             "skipped_corrupt": len(bad),
-            "skipped_files": [d.path for d in bad[:100]],
+            "skipped_files": [b.path for b in bad[:100]],
             "skipped_not_image": len(not_images),
             "skipped_not_image_files": not_images[:100],
         },
