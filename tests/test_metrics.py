@@ -96,8 +96,9 @@ class _LeftPixelOrTwo(torch.nn.Module):
 
 
 def test_flip_tta_averages_each_image_with_its_mirror_image():
-    model = ModelFile(Path("m.pt"), "pytorch", "toy", ["a", "b"], (1, 1, 2), [0.0], [1.0], 0, _LeftPixelOrTwo())
-    x = np.array([[[[3.0, 0.0]]], [[[3.0, 3.0]]], [[[0.0, 3.0]]]], dtype=np.float32)  # (N, C, H, W), W = 2
+    # uint8 images; mean 0 and std 1/255 leave the pixel values as they are after normalisation
+    model = ModelFile(Path("m.pt"), "pytorch", "toy", ["a", "b"], (1, 1, 2), [0.0], [1 / 255], 0, _LeftPixelOrTwo())
+    x = np.array([[[[3, 0]]], [[[3, 3]]], [[[0, 3]]]], dtype=np.uint8)  # (N, C, H, W), W = 2
     labels = np.array([0, 0, 0])
     logits = model.logits(x)
     assert (logits.argmax(1) == labels).tolist() == [True, True, False]

@@ -20,7 +20,7 @@ from kdpipe.config import EvaluateConfig
 from kdpipe.data.prepared import load_prepared
 from kdpipe.errors import KdpipeError
 from kdpipe.evaluate import speed
-from kdpipe.model_file import normalise, open_model
+from kdpipe.model_file import open_model
 
 DEFAULT_FILES = [
     paths.checkpoint_path("student"), paths.STUDENT_ONNX, paths.STUDENT_INT8_ONNX,
@@ -32,15 +32,15 @@ MAX_ACCURACY_DROP, MIN_SIZE_RATIO, MIN_SPEEDUP = 0.005, 3.5, 2.0
 
 
 def test_inputs(class_names: list[str], image_shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray | None]:
-    """The prepared test split if it suits the model; otherwise random inputs (timings only)."""
+    """uint8 images: the prepared test split if it suits the model; otherwise random ones (timings only)."""
     try:
         data = load_prepared(paths.PREPARED_DIR, splits=("test",))
     except KdpipeError:
         data = None
     if data is not None and data.meta.class_names == class_names and data.meta.image_shape == tuple(image_shape):
         test = data["test"]
-        return normalise(test.images.numpy(), data.meta.mean, data.meta.std), test.labels.numpy()
-    return np.random.default_rng(0).standard_normal((256, *image_shape)).astype(np.float32), None
+        return test.images.numpy(), test.labels.numpy()
+    return np.random.default_rng(0).integers(0, 256, (256, *image_shape), dtype=np.uint8), None
 
 
 def goal_lines(rows: dict[str, dict]) -> list[tuple[str, bool]]:

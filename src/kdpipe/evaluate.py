@@ -48,8 +48,9 @@ def models_evaluated(params: Params) -> dict[str, tuple[Path, str]]:
     return {k: v for k, v in MODEL_FILES.items() if k != "assistant" or params.distill.teacher == "assistant"}
 
 
-def speed(model: ModelFile, x: np.ndarray, cfg: EvaluateConfig) -> dict:
+def speed(model: ModelFile, images: np.ndarray, cfg: EvaluateConfig) -> dict:
     """Size, parameters, batch-1 latency and batched throughput with ``cfg.latency_threads`` threads."""
+    x = normalise(images[: cfg.throughput_batch], model.mean, model.std)
     batch = np.resize(x, (cfg.throughput_batch, *x.shape[1:]))  # repeats images if the split is small
     with model.predictor(cfg.latency_threads) as run:
         latency = median_latency_ms(run, x[:1], cfg.latency_warmup, cfg.latency_runs)
@@ -69,7 +70,7 @@ def evaluate_all(params: Params) -> tuple[dict[str, dict[str, dict]], EvalOutput
     splits = sorted(set(cfg.splits) | {"test"}, key=("train", "val", "test").index)
     data = load_prepared(paths.PREPARED_DIR, splits=tuple(splits))
     meta = data.meta
-    x = {s: normalise(data[s].images.numpy(), meta.mean, meta.std) for s in splits}
+    images = {s: data[s].images.numpy() for s in splits}  # uint8, memory-mapped: read a batch at a time
     results: dict[str, dict[str, dict]] = {s: {} for s in splits}
     teacher_logits: dict[str, np.ndarray] = {}
     macs: dict[str, int] = {}
@@ -82,7 +83,7 @@ def evaluate_all(params: Params) -> tuple[dict[str, dict[str, dict]], EvalOutput
             raise MissingInputError(f"{path} was made for other data than the prepared splits: re-run `dvc repro`")
         for split in splits:
             labels = data[split].labels.numpy()
-            logits = model.logits(x[split], params.train.eval_batch_size)
+            logits = model.logits(images[split], params.train.eval_batch_size)
             if name == "teacher":
                 teacher_logits[split] = logits
             row = {
@@ -98,12 +99,13 @@ def evaluate_all(params: Params) -> tuple[dict[str, dict[str, dict]], EvalOutput
                 # ONNX files hold the student's graph (BN folded): its multiply-accumulates
                 row["macs"] = macs[name] if name in macs else macs["student"]
                 if cfg.flip_tta:
-                    row["accuracy_flip_tta"] = flip_tta_accuracy(model, x["test"], logits, labels,
+                    row["accuracy_flip_tta"] = flip_tta_accuracy(model, images["test"], logits, labels,
                                                                  params.train.eval_batch_size)
-                row.update(speed(model, x["test"], cfg))
+                row.update(speed(model, images["test"], cfg))
             results[split][name] = row
         if model.model is not None:
-            feature_maps[name] = capture_feature_maps(model.model, model.arch, x["test"][shown])
+            feature_maps[name] = capture_feature_maps(
+                model.model, model.arch, normalise(images["test"][shown], model.mean, model.std))
     test = results["test"]
     teacher, student = test["teacher"], test["student"]
     for row in test.values():
@@ -116,17 +118,17 @@ def evaluate_all(params: Params) -> tuple[dict[str, dict[str, dict]], EvalOutput
         class_names=list(meta.class_names),
         labels=test_split.labels.numpy(),
         logits=test_logits,
-        images=test_split.images.numpy()[shown],
+        images=images["test"][shown],
         captions=[meta.class_names[int(test_split.labels[i])] for i in shown],
         feature_maps=feature_maps,
     )
     return results, outputs
 
 
-def flip_tta_accuracy(model: ModelFile, x: np.ndarray, logits: np.ndarray, labels: np.ndarray,
+def flip_tta_accuracy(model: ModelFile, images: np.ndarray, logits: np.ndarray, labels: np.ndarray,
                       batch_size: int) -> float:
     """Accuracy of the logits averaged over each image and its mirror image (airbench's flip TTA)."""
-    mirrored = model.logits(np.ascontiguousarray(x[..., ::-1]), batch_size)
+    mirrored = model.logits(images, batch_size, mirrored=True)
     return round(float(((logits + mirrored).argmax(1) == labels).mean()), 6)
 
 

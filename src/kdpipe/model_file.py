@@ -62,9 +62,14 @@ class ModelFile:
             name = session.get_inputs()[0].name
             yield lambda x: session.run(None, {name: x})[0]
 
-    def logits(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    def logits(self, images: np.ndarray, batch_size: int = 256, mirrored: bool = False) -> np.ndarray:
+        """Logits of uint8 (N, C, H, W) ``images`` (a memory-mapped split is read a batch at a time),
+        normalised with the model's own mean and std; ``mirrored``: of their mirror images."""
         with self.predictor() as run:
-            parts = [run(np.ascontiguousarray(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+            parts = []
+            for i in range(0, len(images), batch_size):
+                batch = images[i : i + batch_size]
+                parts.append(run(normalise(batch[..., ::-1] if mirrored else batch, self.mean, self.std)))
         return np.concatenate(parts) if parts else np.empty((0, len(self.class_names)), np.float32)
 
 

@@ -60,3 +60,25 @@ def test_cutout_masks_one_square_per_image_with_the_fill():
     assert torch.equal(random_cutout(x, 0, fill, torch.Generator()), x)
     again = random_cutout(x, 4, fill, torch.Generator().manual_seed(0))
     assert torch.equal(out, again)
+
+
+def test_prefetch_keeps_order_stops_early_and_raises_where_consumed():
+    import threading
+
+    import pytest
+
+    from kdpipe.data.batches import prefetch
+
+    assert list(prefetch(iter(range(50)), depth=2)) == list(range(50))
+    before = threading.active_count()
+    consumer = prefetch(iter(range(1000)), depth=2)
+    assert [next(consumer) for _ in range(3)] == [0, 1, 2]
+    consumer.close()  # a consumer that stops early leaves no thread behind
+    assert threading.active_count() == before
+
+    def failing():
+        yield 1
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        list(prefetch(failing()))

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from kdpipe.config import DataConfig
 from kdpipe.data.prepare import make_splits, prepare
@@ -81,3 +82,39 @@ def test_corrupt_or_missing_prepared_data_is_detected(tmp_path):
 def test_too_small_subset_is_a_clear_error():
     with pytest.raises(DataError, match="stratified split"):
         make_splits(DataConfig(max_train_samples=5), seed=0)
+
+
+def mapped_file(address: int) -> str | None:
+    """The file mapped at ``address`` in this process (Linux /proc/self/maps), if any."""
+    for line in open("/proc/self/maps"):
+        fields = line.split()
+        start, end = (int(v, 16) for v in fields[0].split("-"))
+        if start <= address < end:
+            return fields[5] if len(fields) > 5 and fields[5].startswith("/") else None
+    return None
+
+
+def test_splits_load_memory_mapped_unless_asked_in_memory(tmp_path):
+    out = tmp_path / "prepared"
+    prepare(DataConfig(), 0, out, tmp_path / "m.json")
+    mapped, copied = load_prepared(out), load_prepared(out, in_memory=True)
+    for name in ("train", "val", "test"):
+        assert torch.equal(mapped[name].images, copied[name].images)
+        # the tensor's memory is a mapping of the prepared file (no copy), the in-memory one is not
+        assert mapped_file(mapped[name].images.data_ptr()) == str(out / f"{name}_x.npy")
+        assert mapped_file(copied[name].images.data_ptr()) is None
+    # copy-on-write: writing into a loaded split never reaches the prepared file
+    before = (out / "train_x.npy").read_bytes()
+    mapped["train"].images[0] = 255
+    assert (out / "train_x.npy").read_bytes() == before
+
+
+def test_a_data_set_the_disk_cannot_hold_is_refused_before_any_work(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 1000))
+    with pytest.raises(DataError, match=r"prepare needs 0\.00 GB for 1,797 images of 1x8x8 .* free: free space"):
+        prepare(DataConfig(), 0, tmp_path / "prepared", tmp_path / "m.json")
+    assert not list(tmp_path.iterdir())

@@ -326,3 +326,19 @@ def test_exif_orientation_is_applied(tmp_path):
     stored.save(tmp_path / "test" / "cat" / "phone.png", exif=exif)
     src = SOURCES["imagefolder"](cfg(tmp_path))
     assert any(np.array_equal(x[0], np.asarray(upright)) for x in pixels(src.test, tmp_path))
+
+
+def test_a_file_that_fails_only_when_decoded_is_skipped_and_the_split_stays_valid(tmp_path):
+    """A truncated JPEG passes the header probe and fails mid-decode: with skip_corrupt the split
+    is rewritten without it (hash, counts and labels agree), without skip_corrupt it is named."""
+    root = make_tree(tmp_path / "raw", n=10, maker=rgb, ext="jpg")
+    broken = root / "train" / "dog" / "3.jpg"
+    broken.write_bytes(broken.read_bytes()[:300])
+    metrics = tmp_path / "m.json"
+    meta = prepare(cfg(root, dataset="imagefolder", skip_corrupt=True, val_fraction=0.2), 0, tmp_path / "p", metrics)
+    data = load_prepared(tmp_path / "p")  # hashes checked
+    m = read_json(metrics)
+    assert m["skipped_corrupt"] == 1 and m["skipped_files"] == [str(broken)]
+    assert meta.counts["train"] + meta.counts["val"] == 19 and len(data["train"]) == meta.counts["train"]
+    with pytest.raises(DataError, match=r"1 unreadable image\(s\): .*dog/3\.jpg"):
+        prepare(cfg(root, dataset="imagefolder"), 0, tmp_path / "q", tmp_path / "n.json")

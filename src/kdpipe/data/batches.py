@@ -6,12 +6,17 @@ and cropped/flipped there with a seeded generator, so the loop stays fast and re
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from queue import Full, Queue
+from typing import TypeVar
 
 import torch
 
 from kdpipe.config import AugmentConfig
 from kdpipe.data.prepared import PreparedMeta, Split
+
+T = TypeVar("T")
 
 
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
@@ -103,8 +108,43 @@ def iterate_batches(
     generator: torch.Generator | None = None,
     drop_last: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for idx in batch_indices(len(split), batch_size, shuffle, generator, drop_last):
-        yield split.images[idx], split.labels[idx]
+    batches = ((split.images[idx], split.labels[idx]) for idx in batch_indices(len(split), batch_size, shuffle, generator, drop_last))
+    yield from prefetch(batches)
+
+
+def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """``items`` produced by a background thread, up to ``depth`` ahead: reading the next batch out
+    of a memory-mapped split (page faults, disk reads) overlaps the current step. Same items, same
+    order; the thread stops when the consumer does."""
+    done = object()
+    queue: Queue = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        queue.put(item, timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            queue.put(exc)
+
+    thread = threading.Thread(target=produce, name="kdpipe-prefetch", daemon=True)
+    thread.start()
+    try:
+        while (item := queue.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool) -> int:

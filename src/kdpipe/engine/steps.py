@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 
 from kdpipe.config import AugmentConfig
-from kdpipe.data.batches import BatchTransform, batch_indices, num_batches
+from kdpipe.data.batches import BatchTransform, batch_indices, num_batches, prefetch
 from kdpipe.data.prepared import Split
 from kdpipe.engine.teacher_cache import TeacherCache
 from kdpipe.methods import Batch
@@ -28,16 +28,22 @@ class StepLoader:
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         train, shard, device = self.train, self.shard, self.device
-        for idx in batch_indices(len(train), self.batch_size, shuffle=True, generator=self.shuffle, drop_last=True):
+        k = self.cache.view(epoch) if self.cache is not None else None
+        source = train.images if self.cache is None else self.cache.views[k]
+        # every rank reads and augments the whole global batch (same generator) and keeps its
+        # shard, so the images seen are those of a single-process run; the epoch's cached view
+        # (with the teacher's logits on it) is read for the shard only
+        reads = (
+            (idx, source[idx] if self.cache is None else source[idx[shard]])
+            for idx in batch_indices(len(train), self.batch_size, shuffle=True, generator=self.shuffle, drop_last=True)
+        )
+        for idx, raw in prefetch(reads):  # the next batch is read from the (memory-mapped) split meanwhile
             labels = train.labels[idx].to(device, non_blocking=True)[shard]
             cached = None
             if self.cache is None:
-                # every rank augments the whole global batch (same generator) and keeps its
-                # shard, so the images seen are those of a single-process run
-                images = self.transform(train.images[idx], self.augment, self.augment_gen)[shard]
-            else:  # the epoch's fixed view, with the teacher's logits on it
-                k = self.cache.view(epoch)
-                images = self.transform(self.cache.views[k][idx[shard]])
+                images = self.transform(raw, self.augment, self.augment_gen)[shard]
+            else:
+                images = self.transform(raw)
                 cached = self.cache.logits[k][idx[shard]].to(device, non_blocking=True)
             indices = idx[shard].to(device, non_blocking=True) if self.with_indices else None
             yield Batch(images, labels, indices, cached)

@@ -11,10 +11,13 @@ teacher in long schedules; what it buys is one teacher forward per view instead 
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from kdpipe.config import AugmentConfig
 from kdpipe.data.batches import BatchTransform, augment_uint8
@@ -25,12 +28,20 @@ log = logging.getLogger("kdpipe")
 
 @dataclass
 class TeacherCache:
-    views: list[torch.Tensor]  # K x uint8 (N, C, H, W), already augmented
+    views: list[torch.Tensor]  # K x uint8 (N, C, H, W), already augmented, over an unnamed temporary file
     logits: list[torch.Tensor]  # K x float32 (N, classes), the teacher's on those views
     seconds: float
 
     def view(self, epoch: int) -> int:
         return (epoch - 1) % len(self.views)
+
+
+def disk_views(count: int, shape: tuple[int, ...]) -> list[torch.Tensor]:
+    """``count`` uint8 tensors of ``shape`` over one unnamed temporary file (deleted when the last
+    view is dropped): K augmented copies of a large training set stay out of the process's memory."""
+    with tempfile.TemporaryFile(prefix="kdpipe-views-") as file:
+        array = np.memmap(file, dtype=np.uint8, mode="w+", shape=(count, *shape))  # the mapping outlives the file
+    return [torch.from_numpy(array[k]) for k in range(count)]
 
 
 @torch.no_grad()
@@ -40,15 +51,15 @@ def build_teacher_cache(
 ) -> TeacherCache:
     start = time.perf_counter()
     teacher.eval()
-    all_views, all_logits = [], []
-    for _ in range(views):
-        chunks, logits = [], []
+    all_views = disk_views(views, tuple(split.images.shape))
+    all_logits = []
+    for k in tqdm(range(views), desc="teacher cache", unit="view", disable=None, leave=False):
+        logits = []
         for begin in range(0, len(split), batch_size):
             images = augment_uint8(split.images[begin : begin + batch_size], augment, generator, transform.mean)
             with autocast():
                 logits.append(teacher(transform(images)).float().cpu())
-            chunks.append(images.cpu())
-        all_views.append(torch.cat(chunks))
+            all_views[k][begin : begin + batch_size] = images.cpu()
         all_logits.append(torch.cat(logits))
     seconds = time.perf_counter() - start
     log.info("teacher cache: %d view(s) of %d images in %.1fs", views, len(split), seconds)
