@@ -11,6 +11,7 @@ and times every model, comes back from DVC's run-cache.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,11 @@ def evaluate_all(params: Params) -> tuple[dict[str, dict[str, dict]], EvalOutput
     test_logits: dict[str, np.ndarray] = {}
     feature_maps: dict[str, dict[str, FeatureMaps]] = {}
     shown = pick_images(data["test"].labels.numpy(), cfg.feature_map_images)
-    for name, (path, stage) in models_evaluated(params).items():
+    models = models_evaluated(params)
+    for number, (name, (path, stage)) in enumerate(models.items(), 1):
+        started = time.perf_counter()
+        log.info("evaluate %d/%d: %s (%s) on %s", number, len(models), name, path,
+                 ", ".join(f"{s} ({len(data[s])} images)" for s in splits))
         model = open_model(path, stage)
         if model.class_names != meta.class_names or tuple(model.image_shape) != meta.image_shape:
             raise MissingInputError(f"{path} was made for other data than the prepared splits: re-run `dvc repro`")
@@ -103,6 +108,7 @@ def evaluate_all(params: Params) -> tuple[dict[str, dict[str, dict]], EvalOutput
                                                                  params.train.eval_batch_size)
                 row.update(speed(model, images["test"], cfg))
             results[split][name] = row
+        log.info("evaluate %d/%d: %s done in %.1fs", number, len(models), name, time.perf_counter() - started)
         if model.model is not None:
             feature_maps[name] = capture_feature_maps(
                 model.model, model.arch, normalise(images["test"][shown], model.mean, model.std))
