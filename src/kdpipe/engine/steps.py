@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 
 from kdpipe.config import AugmentConfig
-from kdpipe.data.batches import BatchTransform, batch_indices, num_batches, prefetch
+from kdpipe.data.batches import BatchTransform, batch_indices, num_batches, prefetch, take
 from kdpipe.data.prepared import Split
 from kdpipe.engine.teacher_cache import TeacherCache
 from kdpipe.methods import Batch
@@ -34,7 +34,7 @@ class StepLoader:
         # shard, so the images seen are those of a single-process run; the epoch's cached view
         # (with the teacher's logits on it) is read for the shard only
         reads = (
-            (idx, source[idx] if self.cache is None else source[idx[shard]])
+            (idx, take(source, idx) if self.cache is None else take(source, idx[shard]))
             for idx in batch_indices(len(train), self.batch_size, shuffle=True, generator=self.shuffle, drop_last=True)
         )
         for idx, raw in prefetch(reads):  # the next batch is read from the (memory-mapped) split meanwhile
