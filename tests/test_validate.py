@@ -12,7 +12,10 @@ import pytest
 import yaml
 
 from conftest import ROOT, commit_all, run, tool_env, write_params
+from pydantic import ValidationError
+
 from kdpipe import validate as v
+from kdpipe.config import ValidateConfig
 
 # --- `dvc status --json` as DVC 3.67.1 prints it (recorded on the tiny pipeline) ------------------
 
@@ -157,6 +160,27 @@ def test_exactness_is_claimed_only_on_the_same_cpu_family_and_precision():
     assert "**Exact comparison is impossible**" in text and "cpu_isa amx_bf16, precision bf16" in text
     assert "cpu_isa avx2, precision fp32" in text and "identical" not in text
     assert "unrecorded" in v.exactness_markdown({}, avx2, same)
+
+
+def test_another_cpu_family_or_precision_is_compared_within_the_cross_machine_tolerance():
+    """The CI machine need not be the committer's: AVX2 fp32 vs AVX-512 bf16 moved the default
+    pipeline's accuracies by up to 0.017; the same machine family keeps the strict tolerance."""
+    avx2 = {"metrics/train_student.json": {"cpu_isa": "avx2", "precision": "fp32"}}
+    bf16 = {"metrics/train_student.json": {"cpu_isa": "avx512_bf16", "precision": "bf16"}}
+    config = ValidateConfig(tolerance=0.009, cross_machine_tolerance=0.03)
+    assert v.tolerance_for(avx2, avx2, config) == 0.009
+    assert v.tolerance_for(avx2, bf16, config) == 0.03
+    assert v.tolerance_for({}, {}, config) == 0.03  # facts unrecorded: never assumed the same machine
+    committed = {"e.json": {"student": {"accuracy": 0.961111}}, **avx2}
+    rerun = {"e.json": {"student": {"accuracy": 0.977778}}, **bf16}
+    [row] = v.compare(committed, rerun, v.tolerance_for(committed, rerun, config))
+    assert row.verdict == "better (within tolerance)"
+    [row] = v.compare(committed, {**rerun, **avx2}, v.tolerance_for(committed, {**rerun, **avx2}, config))
+    assert row.verdict == "CHANGED"  # the same drift on the committer's machine family is a stale lock
+    rerun["e.json"]["student"]["accuracy"] = 0.92
+    assert v.compare(committed, rerun, 0.03)[0].verdict == "REGRESSION"
+    with pytest.raises(ValidationError, match="cross_machine_tolerance"):
+        ValidateConfig(tolerance=0.05, cross_machine_tolerance=0.03)
 
 
 def test_never_reproduced_workspace_fails_fast(workspace, monkeypatch, capsys, tmp_path):

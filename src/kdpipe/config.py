@@ -312,6 +312,18 @@ class ValidateConfig(Section):
         0.009, ge=0, lt=1,
         description="largest accepted drop of any accuracy in a re-run against the committed metrics (0.009 = 0.9 pt)",
     )
+    cross_machine_tolerance: float = Field(
+        0.03, ge=0, lt=1,
+        description="the same, when the re-run's CPU family or precision differs from the committed run's "
+                    "(another floating-point path: the training trajectory differs)",
+    )
+
+    @model_validator(mode="after")
+    def _cross_machine_not_stricter(self) -> "ValidateConfig":
+        if self.cross_machine_tolerance < self.tolerance:
+            raise ValueError(f"validate.cross_machine_tolerance ({self.cross_machine_tolerance}) is below "
+                             f"validate.tolerance ({self.tolerance}): a run on another machine cannot match better")
+        return self
 
 
 class Params(Section):

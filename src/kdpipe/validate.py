@@ -14,7 +14,8 @@
    (params.yaml), down or up, fails. Runs on the same CPU family (``cpu_isa`` in the training
    metrics) and precision as the committed run are deterministic, so the report expects every
    accuracy identical there and says whether it is; on another family or precision an exact
-   comparison is impossible, and the report says so before comparing within the tolerance.
+   comparison is impossible (another floating-point path trains another trajectory), and the
+   report says so and compares within ``validate.cross_machine_tolerance`` instead.
 4. Markdown to stdout and to ``--summary`` (default: $GITHUB_STEP_SUMMARY): the comparison and
    ``dvc metrics diff`` / ``dvc params diff`` against ``--base``.
 
@@ -140,16 +141,27 @@ def run_facts(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: train.get(k) for k in RUN_FACTS}
 
 
+def same_machine(committed: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Did both runs take the same floating-point path (CPU family and precision recorded and equal)?"""
+    old = run_facts(committed)
+    return old == run_facts(new) and None not in old.values()
+
+
+def tolerance_for(committed: dict[str, Any], new: dict[str, Any], config: Any) -> float:
+    """``validate.tolerance`` on the committed run's machine family, else the cross-machine one."""
+    return config.tolerance if same_machine(committed, new) else config.cross_machine_tolerance
+
+
 def exactness_markdown(committed: dict[str, Any], new: dict[str, Any], rows: list[Row]) -> str:
     old, cur = run_facts(committed), run_facts(new)
     same, compared = identical(rows)
-    if old == cur and None not in old.values():
+    if same_machine(committed, new):
         verdict = ("every accuracy is identical, as a deterministic run must give" if same == compared
                    else f"**only {same} of {compared} accuracies are identical**, although determinism promises all")
         return f"Same CPU family and precision as the committed run ({_facts(cur)}): {verdict}."
     return (f"**Exact comparison is impossible**: the committed metrics were made on {_facts(old)}, this re-run on "
             f"{_facts(cur)}; floating-point results differ between CPU families and precisions, so the accuracies "
-            "are compared within the tolerance.")
+            "are compared within the cross-machine tolerance.")
 
 
 def identical(rows: list[Row]) -> tuple[int, int]:
@@ -382,13 +394,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_repro:
         from kdpipe.config import load_params
 
-        tolerance = load_params().validation.tolerance
         files = metrics_files()
         committed = read_metrics(files)
         print(f"kdpipe validate: dvc repro --force {DEFAULT_PIPELINE} (every stage recomputed)", file=sys.stderr)
         if dvc("repro", "--force", DEFAULT_PIPELINE, capture=False).returncode != 0:
             return finish(report + ["", "**`dvc repro` failed** (see the log)."], args.summary, 1)
         rerun = read_metrics(files)
+        tolerance = tolerance_for(committed, rerun, load_params().validation)
         rows = compare(committed, rerun, tolerance)
         report += ["", exactness_markdown(committed, rerun, rows), "", comparison_markdown(rows, tolerance)]
         failures += [f"{r.file}: {r.key} {r.verdict}: committed {_fmt(r.committed)}, re-run {_fmt(r.new)}"
