@@ -10,7 +10,7 @@ import onnx
 import pytest
 from PIL import Image
 
-from conftest import ROOT, run
+from conftest import ROOT, run, write_params
 from kdpipe.data.prepared import load_prepared
 from kdpipe.onnx_export import onnx_logits, ort_session
 from kdpipe.plots_page import network_scripts
@@ -137,6 +137,23 @@ def test_dvc_repro_then_experiment(workspace):
     run(["dvc", "plots", "diff", "HEAD~1", "-o", "plots_diff"], workspace)
     page = workspace / "plots_diff" / "index.html"
     assert page.is_file() and network_scripts(page) == [] and 'id = "Validation_accuracy"' in page.read_text()
+
+
+@pytest.mark.integration
+def test_a_timm_student_trains_exports_and_quantizes(workspace):
+    """`-S student.arch=timm:mobilenetv3_small_050` through the whole default pipeline."""
+    write_params(workspace, **{"student.arch": "timm:mobilenetv3_small_050", "teacher.epochs": 2,
+                               "assistant.epochs": 1, "student.epochs": 2})
+    repro = run(["dvc", "repro"], workspace)
+    assert "student: timm:mobilenetv3_small_050" in repro.stderr + repro.stdout
+    ev = json.loads((workspace / "metrics/evaluate_detail.json").read_text())
+    assert {"student", "student_onnx", "student_int8", "student_dynamic_int8", "student_qat"} <= set(ev)
+    assert ev["student_onnx"]["accuracy"] == ev["student"]["accuracy"]  # the exported file is the model
+    assert ev["student_int8"]["size_mb"] < ev["student_onnx"]["size_mb"] / 2
+    props = {p.key: p.value for p in onnx.load(str(workspace / "models/student_int8.onnx")).metadata_props}
+    assert props["kdpipe.arch"] == "timm:mobilenetv3_small_050"
+    layers = json.loads((workspace / "metrics/quantize_layers.json").read_text())
+    assert layers["int8"]["activations"], "the per-layer report compares the timm graph's activations"
 
 
 def test_committed_int8_students_stay_within_one_point_of_fp32():

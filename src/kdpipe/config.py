@@ -40,6 +40,20 @@ def one_of(kind: str, value: str, allowed: list[str]) -> str:
     return value
 
 
+def known_architecture(value: str) -> str:
+    """A registry architecture or ``timm:<name>``; ValueError naming the closest names otherwise."""
+    from kdpipe.models import MODELS, TIMM_PREFIX
+
+    if value.startswith(TIMM_PREFIX):
+        from kdpipe.models.timm_models import check_name
+
+        return check_name(value)
+    try:
+        return one_of("architecture", value, sorted(MODELS))
+    except ValueError as exc:
+        raise ValueError(f"{exc}; or {TIMM_PREFIX}<name> for a timm model") from None
+
+
 class AugmentConfig(Section):
     crop_padding: int = Field(1, ge=0, description="random-crop padding in pixels (0 = off)")
     hflip: bool = Field(False, description="random horizontal flip (wrong for digits/text)")
@@ -126,9 +140,7 @@ class RoleConfig(Section):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, v: str) -> str:
-        from kdpipe.models import MODELS
-
-        return one_of("architecture", v, sorted(MODELS))
+        return known_architecture(v)
 
     @model_validator(mode="after")
     def _imported(self) -> RoleConfig:
@@ -255,9 +267,7 @@ class PairConfig(Section):
     @field_validator("teacher", "student")
     @classmethod
     def _known_arch(cls, v: str) -> str:
-        from kdpipe.models import MODELS
-
-        return one_of("architecture", v, sorted(MODELS))
+        return known_architecture(v)
 
 
 class BenchmarkConfig(Section):

@@ -21,10 +21,9 @@ class DMLParams(BaseModel):
     @field_validator("peer_arch")
     @classmethod
     def _known_arch(cls, v: str | None) -> str | None:
-        from kdpipe.config import one_of
-        from kdpipe.models.registry import MODELS
+        from kdpipe.config import known_architecture
 
-        return v if v is None else one_of("architecture", v, sorted(MODELS))
+        return v if v is None else known_architecture(v)
 
 
 @register_method("dml")

@@ -1,5 +1,6 @@
 """Models: the architecture registry (names listed here, built by ``models/registry.py``) and
-checkpoints. Validating ``<role>.arch`` reads only this table, not the model code."""
+checkpoints. Validating ``<role>.arch`` reads only this table, not the model code; a
+``timm:<name>`` architecture imports timm (``models/timm_models.py``) to check the name."""
 
 from kdpipe.registry import Registry
 
@@ -40,4 +41,5 @@ ARCHITECTURES = {
     "deepnn": "tutorial_cnn",
     "lightnn": "tutorial_cnn",
 }
-MODELS = Registry("architecture", __name__, modules=ARCHITECTURES)
+TIMM_PREFIX = "timm:"  # timm:<model name>, any of timm.list_models()
+MODELS = Registry("architecture", __name__, modules=ARCHITECTURES, prefixes={TIMM_PREFIX: "timm_models"})

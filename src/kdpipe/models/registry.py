@@ -35,13 +35,17 @@ class Spec:
     ``num_classes, in_channels, image_size``. ``init_from_data(model, images)``, when set, is
     called once on a freshly built model with normalised training images (fastnet's whitening).
     ``feature_layers``, when set, names the model's four feature stages from early to late (module
-    paths), which feature methods tap by default (``methods/common/features.default_stages``)."""
+    paths), which feature methods tap by default (``methods/common/features.default_stages``).
+    ``build``, when set, builds the model from all of ``build_model``'s arguments instead
+    (timm models: their own pretrained weights and stems)."""
 
-    def __init__(self, factory: Callable[..., nn.Module], weights=None, adapt: Callable[..., None] | None = None,
+    def __init__(self, factory: Callable[..., nn.Module] | None = None, weights=None,
+                 adapt: Callable[..., None] | None = None,
                  init_from_data: Callable[[nn.Module, torch.Tensor], None] | None = None,
-                 feature_layers: list[str] | None = None):
+                 feature_layers: list[str] | None = None, build: Callable[..., nn.Module] | None = None):
         self.factory, self.weights, self.adapt, self.init_from_data = factory, weights, adapt, init_from_data
         self.feature_layers = list(feature_layers) if feature_layers is not None else None
+        self.build = build
 
 
 def _gray_from_rgb(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
@@ -147,6 +151,9 @@ def build_model(
     if arch not in MODELS:
         raise KeyError(f"unknown architecture '{arch}'; known: {', '.join(sorted(MODELS))}")
     spec = MODELS[arch]
+    if spec.build is not None:
+        return spec.build(num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                          pretrained=pretrained, load_weights=load_weights)
     if spec.weights is None:
         if pretrained:
             raise ConfigError(f"{arch} has no pretrained weights: set pretrained: false for it")
