@@ -144,8 +144,13 @@ class RoleConfig(Section):
 
     @model_validator(mode="after")
     def _imported(self) -> RoleConfig:
+        from kdpipe.models import MODEL_FILE_ARCHS
+
         if self.epochs == 0 and not self.checkpoint:
             raise ValueError("epochs 0 imports a model: set checkpoint to its file")
+        if self.arch in MODEL_FILE_ARCHS and (self.epochs != 0 or not self.checkpoint or self.pretrained):
+            raise ValueError(f"arch {self.arch}: the checkpoint file is the network, imported as it is: set checkpoint "
+                             "to the file, epochs: 0 and pretrained: false")
         if self.checkpoint and Path(self.checkpoint).parts[:2] != ("models", "imported"):
             raise ValueError(
                 f"checkpoint {self.checkpoint} must sit under models/imported/ (the training stages' dependency): "

@@ -27,6 +27,7 @@ from kdpipe.measure import median_latency_ms, throughput
 from kdpipe.methods.common.features import FeatureTap, default_stages
 from kdpipe.metrics import classification_metrics
 from kdpipe.model_file import ModelFile, normalise, open_model
+from kdpipe.models import MODEL_FILE_ARCHS
 from kdpipe.models.registry import count_macs
 
 log = logging.getLogger("kdpipe")
@@ -99,8 +100,8 @@ def evaluate_all(params: Params) -> tuple[dict[str, dict[str, dict]], EvalOutput
             }
             if split == "test":
                 test_logits[name] = logits
-                if model.model is not None:
-                    macs[name] = count_macs(model.model, meta.image_shape)
+                if model.model is not None:  # (an imported ONNX/TorchScript teacher: not countable here)
+                    macs[name] = None if model.arch in MODEL_FILE_ARCHS else count_macs(model.model, meta.image_shape)
                 # ONNX files hold the student's graph (BN folded): its multiply-accumulates
                 row["macs"] = macs[name] if name in macs else macs["student"]
                 if cfg.flip_tta:
@@ -109,7 +110,7 @@ def evaluate_all(params: Params) -> tuple[dict[str, dict[str, dict]], EvalOutput
                 row.update(speed(model, images["test"], cfg))
             results[split][name] = row
         log.info("evaluate %d/%d: %s done in %.1fs", number, len(models), name, time.perf_counter() - started)
-        if model.model is not None:
+        if model.model is not None and model.arch not in MODEL_FILE_ARCHS:  # a model file has no layers to tap
             feature_maps[name] = capture_feature_maps(
                 model.model, model.arch, normalise(images["test"][shown], model.mean, model.std))
     test = results["test"]

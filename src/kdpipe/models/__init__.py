@@ -40,6 +40,10 @@ ARCHITECTURES = {
     "mobilenet_v2_half": "mobilenet_half",
     "deepnn": "tutorial_cnn",
     "lightnn": "tutorial_cnn",
+    # a whole-model file (<role>.checkpoint) is the network: imported, never trained, logits only
+    "onnx": "file_model",
+    "torchscript": "file_model",
 }
+MODEL_FILE_ARCHS = ("onnx", "torchscript")
 TIMM_PREFIX = "timm:"  # timm:<model name>, any of timm.list_models()
 MODELS = Registry("architecture", __name__, modules=ARCHITECTURES, prefixes={TIMM_PREFIX: "timm_models"})

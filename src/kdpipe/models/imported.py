@@ -4,7 +4,8 @@ architecture and the data before anything trains on or distils from them.
 A file is untrusted input: it is read with ``torch.load(weights_only=True)``, which restores
 tensors and plain containers and never runs pickled code. Accepted: a kdpipe checkpoint (what the
 training stages write), or a state dict of the role's architecture (``torch.save(model.state_dict())``,
-also inside ``{"state_dict": ...}`` or ``{"model": ...}``, with or without DDP's ``module.`` prefix).
+also inside ``{"state_dict": ...}`` or ``{"model": ...}``, with or without DDP's ``module.`` prefix);
+with ``arch: onnx`` or ``torchscript``, the whole-model file itself (``models/file_model.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 
 from kdpipe.data.prepared import PreparedMeta
 from kdpipe.errors import ConfigError, DataError, MissingInputError
+from kdpipe.models import MODEL_FILE_ARCHS
 from kdpipe.models.checkpoint import FORMAT
 
 IMPORT_DIR = Path("models/imported")  # a dependency of the training stages: files here are tracked by DVC
@@ -61,7 +63,13 @@ def read_state_dict(path: str | Path, arch: str, meta: PreparedMeta, where: str)
 
 
 def load_weights(model: nn.Module, path: str | Path, arch: str, meta: PreparedMeta, where: str) -> None:
-    """Load ``path`` (see ``read_state_dict``) into ``model``, every tensor by name and shape."""
+    """Load ``path`` (see ``read_state_dict``) into ``model``, every tensor by name and shape; a
+    whole-model file (arch ``onnx``/``torchscript``) is read by ``models/file_model.py``."""
+    if arch in MODEL_FILE_ARCHS:
+        from kdpipe.models.file_model import read_model_file
+
+        read_model_file(model, path, meta, where)
+        return
     state = read_state_dict(path, arch, meta, where)
     own = model.state_dict()
     missing = [k for k in own if k not in state]

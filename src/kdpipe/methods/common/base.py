@@ -20,6 +20,7 @@ from torch import nn
 
 from kdpipe.errors import ConfigError
 from kdpipe.methods import METHODS, Batch, MethodContext
+from kdpipe.models import MODEL_FILE_ARCHS
 
 if TYPE_CHECKING:
     from kdpipe.config import DistillConfig
@@ -132,6 +133,11 @@ class Method(nn.Module):
         self.epoch, self.epochs = 1, 1
         if self.needs_teacher and teacher is None:
             raise ValueError(f"distillation method '{self.name}' needs a teacher")
+        if teacher is not None and not self.logits_only and self.context.teacher_arch in MODEL_FILE_ARCHS:
+            raise ConfigError(
+                f"{self.context.where}.method: '{self.name}' reads the teacher's features, and the teacher is an "
+                f"imported {self.context.teacher_arch} file, which gives logits only: use a logits-only method such "
+                "as kd, dkd or dist")
         self.student = student
         self.cfg = cfg
         # this method's own settings (``<link>.<name>``), validated, defaults filled in
