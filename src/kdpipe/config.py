@@ -305,6 +305,9 @@ class EvaluateConfig(Section):
     latency_threads: int = Field(1, ge=1, description="CPU threads used to time batch-1 latency")
     latency_warmup: int = Field(10, ge=0)
     latency_runs: int = Field(50, ge=1)
+    timing_budget_s: float = Field(
+        5.0, gt=0, description="seconds spent timing each model's latency, and again its throughput: the runs "
+        "stop at latency_runs/throughput_runs or when the budget is spent (after at least 3)")
     throughput_batch: int = Field(64, ge=1, description="batch size of the throughput measurement")
     throughput_runs: int = Field(10, ge=1)
     splits: list[Literal["train", "val", "test"]] = Field(

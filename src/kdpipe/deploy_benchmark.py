@@ -87,8 +87,9 @@ def print_table(rows: dict[str, dict], cfg: EvaluateConfig) -> None:
         print(f"{name:34} {row['runtime']:12} {acc:>8} {row['size_mb']:9.3f} {row['params']:11,} "
               f"{row['latency_ms']:8.3f} {row[tput]:11.1f} {ref['latency_ms'] / row['latency_ms']:7.2f}x "
               f"{ref['size_mb'] / row['size_mb']:7.2f}x")
-    print(f"(threads {cfg.latency_threads}; latency: median of {cfg.latency_runs} runs after {cfg.latency_warmup} "
-          f"warm-up; speed-up and size ratios against the first file)")
+    budget = "" if cfg.timing_budget_s == float("inf") else f", within {cfg.timing_budget_s:g} s"
+    print(f"(threads {cfg.latency_threads}; latency: median of up to {cfg.latency_runs} runs after {cfg.latency_warmup} "
+          f"warm-up{budget}; speed-up and size ratios against the first file)")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -101,8 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=64, help="batch size of the throughput measurement")
     parser.add_argument("--runs", type=int, default=50, help="timed batch-1 runs")
+    parser.add_argument("--budget", type=float, default=float("inf"),
+                        help="seconds timing each file's latency (and again its throughput); runs stop there")
     args = parser.parse_args(argv)
-    cfg = EvaluateConfig(latency_threads=args.threads, latency_runs=args.runs, throughput_batch=args.batch)
+    cfg = EvaluateConfig(latency_threads=args.threads, latency_runs=args.runs, throughput_batch=args.batch,
+                         timing_budget_s=args.budget)
     try:
         rows = run(args.files, cfg)
     except KdpipeError as exc:

@@ -55,8 +55,8 @@ def speed(model: ModelFile, images: np.ndarray, cfg: EvaluateConfig) -> dict:
     x = normalise(images[: cfg.throughput_batch], model.mean, model.std)
     batch = np.resize(x, (cfg.throughput_batch, *x.shape[1:]))  # repeats images if the split is small
     with model.predictor(cfg.latency_threads) as run:
-        latency = median_latency_ms(run, x[:1], cfg.latency_warmup, cfg.latency_runs)
-        images_per_second = throughput(run, batch, min(cfg.latency_warmup, 3), cfg.throughput_runs)
+        latency = median_latency_ms(run, x[:1], cfg.latency_warmup, cfg.latency_runs, cfg.timing_budget_s)
+        images_per_second = throughput(run, batch, min(cfg.latency_warmup, 3), cfg.throughput_runs, cfg.timing_budget_s)
     return {
         "params": model.params,
         "size_mb": model.size_mb,
