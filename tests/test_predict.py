@@ -141,3 +141,33 @@ def test_predict_reads_a_photo_upright_by_its_exif_orientation(models, tmp_path)
     predict_files(open_model(models / "m.pt"), [str(tmp_path / "upright.png"), str(tmp_path / "phone.png")], topk=3, out=out)
     a, b = _lines(out.getvalue())
     assert a["topk"] == b["topk"]
+
+
+def test_predict_resizes_a_photo_as_the_training_images_were(tmp_path):
+    """A model of center-cropped data (data.resize) carries the mode in its checkpoint and ONNX
+    metadata; predict brings a wide photo to the model's size the same way."""
+    from kdpipe.data.sources.decode import decode_file
+
+    torch.manual_seed(0)
+    model = build_model("resnet8", 3, 1, 8).eval()
+    info = ModelInfo(role="student", arch="resnet8", num_classes=3, image_shape=(1, 8, 8), class_names=["a", "b", "c"],
+                     mean=[0.5], std=[0.25], resize="center_crop")
+    save_checkpoint(tmp_path / "m.pt", model, info)
+    export_onnx(model, info, tmp_path / "m.onnx", opset=18)
+    arr = np.zeros((20, 60), dtype=np.uint8)
+    arr[:, 15:45] = np.arange(30, dtype=np.uint8)[None] * 8
+    Image.fromarray(arr, "L").save(tmp_path / "wide.png")
+    for file in ("m.pt", "m.onnx"):
+        loaded = open_model(tmp_path / file)
+        assert loaded.resize == "center_crop"
+        out = io.StringIO()
+        predict_files(loaded, [str(tmp_path / "wide.png")], topk=3, out=out)
+        got = {r["label"]: r["probability"] for r in json.loads(out.getvalue())["topk"]}
+        x = normalise(decode_file(str(tmp_path / "wide.png"), 1, (8, 8), "center_crop").array[None], [0.5], [0.25])
+        with torch.no_grad():
+            expected = torch.softmax(model(torch.from_numpy(x)).double(), dim=1)[0].numpy()
+        assert [got[c] for c in "abc"] == pytest.approx(expected, abs=1e-5)
+    plain = ModelInfo(**{**info.__dict__, "resize": None})
+    assert "resize" not in plain.to_dict()  # checkpoints of unresized data keep their bytes
+    save_checkpoint(tmp_path / "plain.pt", model, plain)
+    assert open_model(tmp_path / "plain.pt").resize == "squash"

@@ -67,6 +67,9 @@ class DataConfig(Section):
     medmnist_flag: str = "pathmnist"
     medmnist_size: Literal[28, 64, 128, 224] = 28
     image_size: int | None = Field(None, ge=4, le=1024, description="resize images to this square size")
+    resize: Literal["squash", "center_crop", "pad"] | None = Field(
+        None, description="how image_size is reached: squash (stretch), center_crop (shorter side, then the centre), "
+        "pad (longer side, black borders); default: center_crop for imagefolder, squash for the square array sets")
     channels: Literal[1, 3] | None = Field(None, description="force gray (1) or RGB (3); default: from the data")
     skip_corrupt: bool = Field(False, description="skip unreadable images (counted) instead of failing")
     workers: int = Field(0, ge=0, description="decoding processes (0 = all cores)")

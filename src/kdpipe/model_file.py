@@ -35,6 +35,9 @@ class ModelFile:
     std: list[float]
     params: int
     model: torch.nn.Module | None = None  # PyTorch only
+    # how a file of another size reaches image_shape: as the training images did (data.resize);
+    # squash for a model whose training images were never resized
+    resize: str = "squash"
 
     @property
     def size_mb(self) -> float:
@@ -108,12 +111,13 @@ def open_model(path: str | Path, stage_hint: str | None = None) -> ModelFile:
             class_names=json.loads(meta["kdpipe.class_names"]),
             image_shape=tuple(json.loads(meta["kdpipe.image_shape"])),
             mean=json.loads(meta["kdpipe.mean"]), std=json.loads(meta["kdpipe.std"]), params=onnx_params(proto),
+            resize=meta.get("kdpipe.resize", "squash"),
         )
     model, info = load_checkpoint(path, stage_hint)
     return ModelFile(
         path=path, runtime="pytorch", arch=info.arch, class_names=info.class_names,
         image_shape=tuple(info.image_shape), mean=info.mean, std=info.std, params=count_parameters(model),
-        model=model,
+        model=model, resize=info.resize or "squash",
     )
 
 

@@ -28,6 +28,7 @@ def metadata_props(info: ModelInfo) -> dict[str, str]:
         "kdpipe.image_shape": json.dumps(list(info.image_shape)),
         "kdpipe.mean": json.dumps(info.mean),
         "kdpipe.std": json.dumps(info.std),
+        **({"kdpipe.resize": info.resize} if info.resize else {}),
     }
 
 

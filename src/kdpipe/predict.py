@@ -72,7 +72,8 @@ def predict_files(
     with model.predictor(threads) as run:
         for chunk in _chunks(find_images(inputs), CHUNK):
             readable = [p for p, err in chunk if err is None]
-            decoded = {d.path: d for d in decode_files(readable, channels, (height, width), workers, desc="predict")}
+            decoded = {d.path: d for d in decode_files(readable, channels, (height, width), workers, desc="predict",
+                                                          resize=model.resize)}
             good = [p for p in readable if decoded[p].array is not None]
             probs: dict[str, np.ndarray] = {}
             for start in range(0, len(good), batch_size):

@@ -148,7 +148,7 @@ def train_role(params: Params, role: str, link: DistillConfig | None = None, nam
     result = trained.result
     info = ModelInfo(
         role=name, arch=role_cfg.arch, num_classes=meta.num_classes, image_shape=meta.image_shape,
-        class_names=meta.class_names, mean=meta.mean, std=meta.std, pretrained=role_cfg.pretrained,
+        class_names=meta.class_names, mean=meta.mean, std=meta.std, pretrained=role_cfg.pretrained, resize=meta.resize,
         # only what the run determines: timings would make identical models differ byte for byte
         summary={k: v for k, v in summary(result).items() if k not in ("train_seconds", "images_per_second")},
     )

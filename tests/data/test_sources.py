@@ -13,6 +13,7 @@ from kdpipe.data.prepare import make_splits, prepare
 from kdpipe.data.prepared import load_prepared
 from kdpipe.data.write import write_split
 from kdpipe.data.sources import SOURCES
+from kdpipe.data.sources.decode import decode_file
 from kdpipe.errors import DataError
 from kdpipe.io import read_json
 
@@ -342,3 +343,41 @@ def test_a_file_that_fails_only_when_decoded_is_skipped_and_the_split_stays_vali
     assert meta.counts["train"] + meta.counts["val"] == 19 and len(data["train"]) == meta.counts["train"]
     with pytest.raises(DataError, match=r"1 unreadable image\(s\): .*dog/3\.jpg"):
         prepare(cfg(root, dataset="imagefolder"), 0, tmp_path / "q", tmp_path / "n.json")
+
+
+# --- data.resize: how photos of other proportions reach image_size ----------------------------
+
+def bands(width=60, height=20) -> Image.Image:
+    """A landscape photo: a black left quarter, white middle half, black right quarter."""
+    arr = np.zeros((height, width), dtype=np.uint8)
+    arr[:, width // 4 : 3 * width // 4] = 255
+    return Image.fromarray(arr, "L")
+
+
+@pytest.mark.parametrize("mode, left, centre, top", [
+    ("squash", 0, 255, 255),        # the whole width kept, stretched: black edges, white top row
+    ("center_crop", 255, 255, 255),  # the centre square: only the white middle half is left
+    ("pad", 0, 255, 0),             # all of it, scaled to fit: black bars above and below
+])
+def test_resize_modes(tmp_path, mode, left, centre, top):
+    save(tmp_path / "photo.png", bands())
+    decoded = decode_file(str(tmp_path / "photo.png"), 1, 10, mode)
+    img = decoded.array[0]
+    assert img.shape == (10, 10)
+    assert (img[5, 0], img[5, 5], img[0, 5]) == (left, centre, top)
+
+
+def test_imagefolder_center_crops_by_default_and_records_the_mode(tmp_path):
+    root = make_tree(tmp_path / "raw")
+    save(root / "train" / "dog" / "wide.png", bands())
+    out = tmp_path / "prepared"
+    meta = prepare(cfg(root, dataset="imagefolder", image_size=10), 0, out, tmp_path / "m.json")
+    assert meta.resize == "center_crop" and read_json(out / "meta.json")["resize"] == "center_crop"
+    assert read_json(tmp_path / "m.json")["resize"] == "center_crop"
+    meta = prepare(cfg(root, dataset="imagefolder", image_size=10, resize="pad"), 0, out, tmp_path / "m.json")
+    assert meta.resize == "pad"
+    # not resized: meta.json is written exactly as before data.resize existed (its hash unchanged)
+    meta = prepare(cfg(make_tree(tmp_path / "same"), dataset="imagefolder"), 0, out, tmp_path / "m.json")
+    assert meta.resize is None and "resize" not in read_json(out / "meta.json")
+    with pytest.raises(ValueError, match="resize"):
+        cfg(root, resize="stretch")

@@ -97,6 +97,14 @@ def check_disk_space(splits: dict[str, Split], shape: tuple[int, int, int], out_
         )
 
 
+def resize_mode(images: Images, cfg: DataConfig) -> str | None:
+    """How ``images`` reach ``data.image_size``: the source's choice for files on disk; the array
+    sets are square, so every mode squashes them alike."""
+    if isinstance(images, ImageFiles):
+        return images.resize
+    return "squash" if cfg.image_size is not None else None
+
+
 def prepare(cfg: DataConfig, seed: int, out_dir: str | Path, metrics_file: str | Path) -> PreparedMeta:
     start = time.perf_counter()
     class_names, splits, report = make_splits(cfg, seed)
@@ -138,6 +146,7 @@ def prepare(cfg: DataConfig, seed: int, out_dir: str | Path, metrics_file: str |
             std=std,
             counts={name: len(y) for name, y in labels.items()},
             files=dict(sorted(files.items())),
+            resize=resize_mode(splits["train"][0], cfg),
         )
         write_json(tmp / META_FILE, meta.to_dict())
         if out_dir.exists():
@@ -162,6 +171,7 @@ def prepare(cfg: DataConfig, seed: int, out_dir: str | Path, metrics_file: str |
             "num_classes": len(class_names),
             "image_shape": [meta.channels, meta.height, meta.width],
             "counts": meta.counts,
+            **({"resize": meta.resize} if meta.resize else {}),
             "per_class": per_class,
             "seconds": round(seconds, 3),
             "images_per_second": round(report.get("decoded_images", sum(meta.counts.values())) / seconds, 1),

@@ -27,6 +27,7 @@ class PreparedMeta:
     std: list[float]
     counts: dict[str, int]
     files: dict[str, str] = field(default_factory=dict)  # file name -> SHA-256, written by prepare
+    resize: str | None = None  # how the images reached their size (data.resize); None: not resized
 
     @property
     def num_classes(self) -> int:
@@ -37,7 +38,8 @@ class PreparedMeta:
         return (self.channels, self.height, self.width)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        # an image set that was not resized is written as before resize existed: same bytes, same hash
+        return {k: v for k, v in asdict(self).items() if not (k == "resize" and v is None)}
 
 
 @dataclass

@@ -110,7 +110,7 @@ def write_split(
     try:
         if isinstance(images, ImageFiles):
             row = 0
-            for part in iter_decoded(list(images.paths), *images.decode_args(), workers=workers, desc=desc):
+            for part in iter_decoded(list(images.paths), **images.decode_args(), workers=workers, desc=desc):
                 good = []
                 for decoded in part:
                     if decoded.array is None:

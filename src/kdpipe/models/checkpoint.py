@@ -28,6 +28,11 @@ class ModelInfo:
     std: list[float]
     pretrained: bool = False  # ImageNet variant of the architecture (its stem differs)
     summary: dict[str, Any] = field(default_factory=dict)
+    resize: str | None = None  # how its training images reached image_shape (data.resize); None: not resized
+
+    def to_dict(self) -> dict:
+        # a model of data that was not resized is written as before resize existed: same bytes
+        return {k: v for k, v in asdict(self).items() if not (k == "resize" and v is None)}
 
     def build(self) -> nn.Module:
         c, h, w = self.image_shape
@@ -36,7 +41,7 @@ class ModelInfo:
 
 def save_checkpoint(path: str | Path, model: nn.Module, info: ModelInfo) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    payload = {"format": FORMAT, "info": asdict(info), "state_dict": state}
+    payload = {"format": FORMAT, "info": info.to_dict(), "state_dict": state}
     # Saved through a buffer: torch.save names the zip's root folder after the file it writes,
     # and the temporary name is random, so writing to the path would change the bytes each time.
     buffer = io.BytesIO()

@@ -24,7 +24,7 @@ class ImageFiles:
     channels: int
     height: int
     width: int
-    resize: bool  # to (height, width); else every file already has that size
+    resize: str | None  # how to reach (height, width) (decode.RESIZE_MODES); None: every file has that size
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -36,9 +36,10 @@ class ImageFiles:
     def take(self, rows: np.ndarray) -> ImageFiles:
         return replace(self, paths=tuple(self.paths[i] for i in rows))
 
-    def decode_args(self) -> tuple[int, tuple[int, int] | None]:
-        """decode_file's ``channels`` and ``size`` arguments."""
-        return self.channels, (self.height, self.width) if self.resize else None
+    def decode_args(self) -> dict:
+        """iter_decoded's ``channels``, ``size`` and ``resize`` arguments."""
+        size = (self.height, self.width) if self.resize else None
+        return {"channels": self.channels, "size": size, "resize": self.resize or "squash"}
 
 
 Images = np.ndarray | ImageFiles  # uint8 (N, C, H, W) in memory, or files to decode to that

@@ -73,8 +73,23 @@ def _gray_palette(img: Image.Image) -> bool:
     return bool(triples) and all(r == g == b for r, g, b in triples)
 
 
-def decode_file(path: str, channels: int | None, size: int | tuple[int, int] | None) -> Decoded:
-    """One image as uint8 (C, H, W); ``size`` is a square side or (height, width)."""
+RESIZE_MODES = ("squash", "center_crop", "pad")
+
+
+def _resized(img: Image.Image, target: tuple[int, int], mode: str) -> Image.Image:
+    """``target`` (width, height) by ``mode``: stretched; the shorter side scaled to fit and the
+    centre cut out; or the longer side scaled to fit and black borders added (Pillow's
+    ``ImageOps.fit`` / ``ImageOps.pad``)."""
+    if mode == "center_crop":
+        return ImageOps.fit(img, target, Image.Resampling.BILINEAR)
+    if mode == "pad":
+        return ImageOps.pad(img, target, Image.Resampling.BILINEAR, color=0)
+    return img.resize(target, Image.Resampling.BILINEAR, reducing_gap=3.0)
+
+
+def decode_file(path: str, channels: int | None, size: int | tuple[int, int] | None, resize: str = "squash") -> Decoded:
+    """One image as uint8 (C, H, W); ``size`` is a square side or (height, width), reached by
+    ``resize`` (one of ``RESIZE_MODES``)."""
     target = None if size is None else (size, size) if isinstance(size, int) else (size[1], size[0])
     try:
         with Image.open(path) as img:
@@ -82,7 +97,7 @@ def decode_file(path: str, channels: int | None, size: int | tuple[int, int] | N
             ImageOps.exif_transpose(img, in_place=True)  # phone photos: pixels as the camera held them
             img, gray = to_uint8_mode(img, channels)
             if target is not None and img.size != target:
-                img = img.resize(target, Image.Resampling.BILINEAR, reducing_gap=3.0)
+                img = _resized(img, target, resize)
             arr = np.asarray(img, dtype=np.uint8)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is reported by name
         return Decoded(path, None, error=f"{type(exc).__name__}: {exc}")
@@ -91,8 +106,8 @@ def decode_file(path: str, channels: int | None, size: int | tuple[int, int] | N
 
 
 def _decode_chunk(args: tuple[list[str], int | None, int | tuple[int, int] | None]) -> list[Decoded]:
-    paths, channels, size = args
-    return [decode_file(p, channels, size) for p in paths]
+    paths, channels, size, resize = args
+    return [decode_file(p, channels, size, resize) for p in paths]
 
 
 @dataclass
@@ -150,17 +165,19 @@ def in_order(work: Callable, chunks: list, workers: int, desc: str, total: int) 
 
 
 def iter_decoded(
-    paths: list[str], channels: int | None, size: int | tuple[int, int] | None, workers: int = 0, desc: str = "decode"
+    paths: list[str], channels: int | None, size: int | tuple[int, int] | None, workers: int = 0, desc: str = "decode",
+    resize: str = "squash",
 ) -> Iterator[list[Decoded]]:
     """Decode ``paths`` in order, ``CHUNK`` files at a time, across ``workers`` processes (0 = all cores)."""
-    chunks = [(paths[i : i + CHUNK], channels, size) for i in range(0, len(paths), CHUNK)]
+    chunks = [(paths[i : i + CHUNK], channels, size, resize) for i in range(0, len(paths), CHUNK)]
     return in_order(_decode_chunk, chunks, workers, desc, len(paths))
 
 
 def decode_files(
-    paths: list[str], channels: int | None, size: int | tuple[int, int] | None, workers: int = 0, desc: str = "decode"
+    paths: list[str], channels: int | None, size: int | tuple[int, int] | None, workers: int = 0, desc: str = "decode",
+    resize: str = "squash",
 ) -> list[Decoded]:
-    return [d for part in iter_decoded(paths, channels, size, workers, desc) for d in part]
+    return [d for part in iter_decoded(paths, channels, size, workers, desc, resize) for d in part]
 
 
 def probe_files(paths: list[str], workers: int = 0, desc: str = "probe") -> list[Probe]:

@@ -106,7 +106,8 @@ def load_imagefolder(cfg) -> SourceData:
         )
     channels = cfg.channels or (1 if all(p.gray for p in everything) else 3)
     size = (cfg.image_size, cfg.image_size) if cfg.image_size else (first.height, first.width)
-    resize = cfg.image_size is not None
+    # photos keep their proportions by default: the shorter side is scaled, the centre cut out
+    resize = (cfg.resize or "center_crop") if cfg.image_size is not None else None
 
     def files(split: str) -> tuple[ImageFiles, np.ndarray]:
         paths = tuple(p.path for p in probes[split])
