@@ -58,6 +58,21 @@ class AugmentConfig(Section):
     crop_padding: int = Field(1, ge=0, description="random-crop padding in pixels (0 = off)")
     hflip: bool = Field(False, description="random horizontal flip (wrong for digits/text)")
     cutout: int = Field(0, ge=0, description="side of a random square set to the mean per image (0 = off)")
+    # photos (data/augment.py): on whole batches, seeded
+    resized_crop_scale: tuple[float, float] | None = Field(
+        None, description="RandomResizedCrop: range of the crop's share of the image area ([0.08, 1.0] is "
+        "torchvision's ImageNet default; [0.35, 1.0] suits small sets); null = off")
+    resized_crop_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="RandomResizedCrop: aspect ratio range")
+    auto_augment: Literal["none", "trivial", "randaugment"] = Field(
+        "none", description="torchvision's TrivialAugmentWide or RandAugment on each training image")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> AugmentConfig:
+        if self.resized_crop_scale is not None and not 0 < self.resized_crop_scale[0] <= self.resized_crop_scale[1] <= 1:
+            raise ValueError(f"resized_crop_scale {list(self.resized_crop_scale)} must be [low, high] with 0 < low <= high <= 1")
+        if not 0 < self.resized_crop_ratio[0] <= self.resized_crop_ratio[1]:
+            raise ValueError(f"resized_crop_ratio {list(self.resized_crop_ratio)} must be [low, high] with 0 < low <= high")
+        return self
 
 
 class DataConfig(Section):

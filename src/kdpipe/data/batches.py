@@ -14,6 +14,7 @@ from typing import TypeVar
 import torch
 
 from kdpipe.config import AugmentConfig
+from kdpipe.data.augment import auto_augment, random_resized_crop
 from kdpipe.data.prepared import PreparedMeta, Split
 
 T = TypeVar("T")
@@ -59,6 +60,11 @@ def augment_uint8(
 ) -> torch.Tensor:
     """The training augmentation on uint8 images, kept uint8 (for views stored ahead of time)."""
     x = images.to(generator.device)
+    if augment.auto_augment != "none":
+        x = auto_augment(x, augment.auto_augment, generator)
+    if augment.resized_crop_scale is not None:
+        cropped = random_resized_crop(x.float(), augment.resized_crop_scale, augment.resized_crop_ratio, generator)
+        x = cropped.round_().clamp_(0, 255).to(torch.uint8)
     x = random_crop(x, augment.crop_padding, generator)
     if augment.hflip:
         x = random_hflip(x, generator)
@@ -78,9 +84,15 @@ class BatchTransform:
     def __call__(
         self, images: torch.Tensor, augment: AugmentConfig | None = None, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        x = images.to(self.device, non_blocking=True).float().div_(255.0)
+        images = images.to(self.device, non_blocking=True)
+        if augment is not None and augment.auto_augment != "none":
+            assert generator is not None, "augmentation needs a seeded generator"
+            images = auto_augment(images, augment.auto_augment, generator)
+        x = images.float().div_(255.0)
         if augment is not None:
             assert generator is not None, "augmentation needs a seeded generator"
+            if augment.resized_crop_scale is not None:
+                x = random_resized_crop(x, augment.resized_crop_scale, augment.resized_crop_ratio, generator)
             x = random_crop(x, augment.crop_padding, generator)
             if augment.hflip:
                 x = random_hflip(x, generator)
