@@ -59,13 +59,14 @@ class FileModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._runner is None:
             raise RuntimeError("no model file loaded")
+        device = x.device  # the logits go back where the batch came from (a GPU student's device)
         x = x.detach().to("cpu", torch.float32).contiguous()
         if self.kind == "torchscript":
             with torch.no_grad():
-                return self._runner(x).float()
+                return self._runner(x).float().to(device)
         session = self._runner
         (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(device)
 
 
 def _open(kind: str, data: bytes):
