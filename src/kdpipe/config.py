@@ -253,6 +253,9 @@ class QuantizeConfig(Section):
     calibration_samples: int = Field(512, ge=1)
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     per_channel: bool = True
+    max_drop: float = Field(
+        0.005, ge=0, lt=1, description="validation accuracy static int8 may lose against fp32; beyond it the "
+        "stage also calibrates with the other methods and says which recovers it (metrics: calibration_trials)")
     qat: QatConfig = QatConfig()
     # Dynamic int8 (weights int8 ahead of time, activation ranges computed per batch at run time)
     # helps MatMul/Gemm-heavy models; for convolutions ONNX Runtime's ConvInteger is often slower.

@@ -49,7 +49,6 @@ log = logging.getLogger("kdpipe")
 REDUCE_RANGE = True
 
 REPORT_IMAGES = 256  # validation images behind the per-layer error report
-NOTICEABLE_DROP = 0.005  # validation accuracy an int8 file may lose before the log points at the report
 
 CALIBRATION_METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -145,6 +144,30 @@ def onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
     return round(float((onnx_logits(ort_session(path), x).argmax(1) == y).mean()), 6)
 
 
+def calibration_trials(fp32_path: Path, calib: np.ndarray, cfg, val_x: np.ndarray, val_y: np.ndarray) -> dict[str, float]:
+    """Validation accuracy of static int8 with each other calibration method (same images)."""
+    trials = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in CALIBRATION_METHODS:
+            if method != cfg.calibration_method:
+                path = Path(tmp) / f"{method}.onnx"
+                quantize_int8(fp32_path, path, calib, method, cfg.per_channel)
+                trials[method] = onnx_accuracy(path, val_x, val_y)
+    return trials
+
+
+def recovery_advice(acc: dict[str, float], trials: dict[str, float], cfg) -> str:
+    """What the log says when static int8 loses more than ``quantize.max_drop``."""
+    best = max(trials, key=trials.get)
+    tried = ", ".join(f"{m} {100 * a:.2f}%" for m, a in trials.items())
+    if acc["fp32"] - trials[best] <= cfg.max_drop:
+        return f"quantize.calibration_method={best} recovers it ({tried})"
+    if acc["fp32"] - acc["qat_int8"] <= cfg.max_drop:
+        return f"no calibration recovers it ({tried}); the QAT file does ({100 * acc['qat_int8']:.2f}%)"
+    return (f"neither another calibration ({tried}) nor QAT ({100 * acc['qat_int8']:.2f}%) recovers it: try more "
+            "quantize.qat.epochs, quantize.calibration_samples, or per-layer exclusions from the report")
+
+
 def quantize_student(params: Params) -> None:
     """The quantize stage: export the student and check it; post-training static and dynamic int8;
     quantization-aware distillation then int8; record what was checked."""
@@ -185,6 +208,9 @@ def quantize_student(params: Params) -> None:
         "qat_int8": paths.STUDENT_QAT_INT8_ONNX,
     }
     acc = {name: onnx_accuracy(path, val_x.numpy(), val_y) for name, path in files.items()}
+    trials = {}
+    if acc["fp32"] - acc["int8"] > cfg.max_drop:
+        trials = calibration_trials(paths.STUDENT_ONNX, calib, cfg, val_x.numpy(), val_y)
     write_json(
         paths.QUANTIZE_METRICS,
         {
@@ -202,14 +228,18 @@ def quantize_student(params: Params) -> None:
             "qat_val_accuracy_simulated": round(qat_result.best_val_accuracy, 6),
             "qat_onnx_max_abs_diff": qat_diff,
             "dynamic_op_types": list(cfg.dynamic_op_types),
+            **({"calibration_trials": trials} if trials else {}),  # only when int8 lost more than max_drop
         },
     )
     log.info(
         "val accuracy: fp32 %.4f, int8 %.4f, dynamic int8 %.4f, QAT int8 %.4f",
         acc["fp32"], acc["int8"], acc["dynamic_int8"], acc["qat_int8"],
     )
+    if trials:
+        log.warning("int8 (%s calibration) loses %.1f points (> quantize.max_drop=%g): %s", cfg.calibration_method,
+                    100 * (acc["fp32"] - acc["int8"]), cfg.max_drop, recovery_advice(acc, trials, cfg))
     for name, report in layers.items():
-        if acc["fp32"] - acc[name] > NOTICEABLE_DROP:
+        if acc["fp32"] - acc[name] > cfg.max_drop:
             worst = report["weights"][0]  # (sorted worst first)
             log.warning(
                 "%s loses %.1f points of validation accuracy: logits SQNR %s dB as shipped, %s dB in the QDQ "

@@ -1,0 +1,48 @@
+"""When static int8 loses more than quantize.max_drop: the other calibrations are measured and
+the stage says which setting recovers the accuracy."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, run
+
+from kdpipe.config import QuantizeConfig
+from kdpipe.models.checkpoint import ModelInfo
+from kdpipe.models.registry import build_model
+from kdpipe.onnx_export import export_onnx
+from kdpipe.quantize import calibration_trials, recovery_advice
+
+
+def test_the_advice_names_the_calibration_or_the_qat_file_that_recovers():
+    cfg = QuantizeConfig(calibration_method="minmax", max_drop=0.005)
+    acc = {"fp32": 0.90, "int8": 0.80, "qat_int8": 0.85}
+    assert recovery_advice(acc, {"entropy": 0.897, "percentile": 0.88}, cfg).startswith(
+        "quantize.calibration_method=entropy recovers it (entropy 89.70%, percentile 88.00%)")
+    acc["qat_int8"] = 0.899
+    assert "the QAT file does (89.90%)" in recovery_advice(acc, {"entropy": 0.85, "percentile": 0.86}, cfg)
+    acc["qat_int8"] = 0.7
+    assert "neither another calibration" in recovery_advice(acc, {"entropy": 0.85, "percentile": 0.86}, cfg)
+
+
+def test_trials_quantize_with_each_other_method(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("resnet8", 3, 1, 8).eval()
+    info = ModelInfo(role="student", arch="resnet8", num_classes=3, image_shape=(1, 8, 8), class_names=list("abc"),
+                     mean=[0.0], std=[1.0])
+    export_onnx(model, info, tmp_path / "fp32.onnx", opset=18)
+    x = np.random.default_rng(0).normal(size=(32, 1, 8, 8)).astype(np.float32)
+    y = np.random.default_rng(1).integers(0, 3, 32)
+    trials = calibration_trials(tmp_path / "fp32.onnx", x, QuantizeConfig(calibration_method="entropy"), x, y)
+    assert set(trials) == {"minmax", "percentile"} and all(0 <= a <= 1 for a in trials.values())
+
+
+@pytest.mark.integration
+def test_the_calibration_benchmark_compares_every_method(reproduced):
+    proc = run([sys.executable, str(ROOT / "benchmarks/calibration.py"), "--checkpoint", "models/student.pt",
+                "--prepared", "data/prepared", "--samples", "64"], reproduced)
+    rows = [line.split()[:3] for line in proc.stdout.splitlines() if line.startswith(("fp32", "int8"))]
+    assert [r[0] if r[0] == "fp32" else r[1] for r in rows] == ["fp32", "minmax", "entropy", "percentile"]
+    assert all(row[-1].endswith("%") for row in rows)
