@@ -86,6 +86,9 @@ class DataConfig(Section):
         None, description="how image_size is reached: squash (stretch), center_crop (shorter side, then the centre), "
         "pad (longer side, black borders); default: center_crop for imagefolder, squash for the square array sets")
     channels: Literal[1, 3] | None = Field(None, description="force gray (1) or RGB (3); default: from the data")
+    normalize: Literal["dataset", "imagenet"] = Field(
+        "dataset", description="per-channel mean and std the images are normalised with: the training split's own "
+        "(dataset) or ImageNet's (imagenet: what ImageNet-pretrained weights were trained on; RGB only)")
     skip_corrupt: bool = Field(False, description="skip unreadable images (counted) instead of failing")
     workers: int = Field(0, ge=0, description="decoding processes (0 = all cores)")
     val_fraction: float = Field(0.1, gt=0, lt=1)

@@ -12,7 +12,7 @@ import torch
 from kdpipe import paths
 from kdpipe.config import DistillConfig, Params
 from kdpipe.data.batches import BatchTransform
-from kdpipe.data.prepared import load_meta, load_prepared
+from kdpipe.data.prepared import IMAGENET_MEAN, IMAGENET_STD, load_meta, load_prepared
 from kdpipe.distributed import is_main_process
 from kdpipe.engine.resume import EpochCheckpoints, code_digest, fingerprint
 from kdpipe.engine.runtime import cpu_isa, setup_runtime, teacher_chunk
@@ -94,6 +94,10 @@ def train_link(
     size = max(meta.height, meta.width)
     student = build_model(role_cfg.arch, meta.num_classes, meta.channels, size, role_cfg.pretrained,
                           load_weights=role_cfg.checkpoint is None)
+    if role_cfg.pretrained and (meta.mean, meta.std) != (IMAGENET_MEAN, IMAGENET_STD):
+        log.warning("%s.pretrained: ImageNet weights expect inputs normalised with ImageNet's mean and std, but the "
+                    "data uses its own (mean %s); set data.normalize: imagenet (then dvc repro re-runs prepare)",
+                    role, meta.mean)
     if role_cfg.checkpoint:  # the user's weights: imported (epochs 0) or fine-tuned
         load_weights(student, role_cfg.checkpoint, role_cfg.arch, meta, f"{role}.checkpoint")
     elif not role_cfg.pretrained:  # fastnet's whitening filters come from the first training images

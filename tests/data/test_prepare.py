@@ -6,8 +6,8 @@ import torch
 
 from kdpipe.config import DataConfig
 from kdpipe.data.prepare import make_splits, prepare
-from kdpipe.data.prepared import load_prepared
-from kdpipe.errors import DataError, MissingInputError
+from kdpipe.data.prepared import IMAGENET_MEAN, IMAGENET_STD, load_meta, load_prepared
+from kdpipe.errors import ConfigError, DataError, MissingInputError
 from kdpipe.io import read_json, sha256_file
 
 
@@ -118,3 +118,16 @@ def test_a_data_set_the_disk_cannot_hold_is_refused_before_any_work(tmp_path, mo
     with pytest.raises(DataError, match=r"prepare needs 0\.00 GB for 1,797 images of 1x8x8 .* free: free space"):
         prepare(DataConfig(), 0, tmp_path / "prepared", tmp_path / "m.json")
     assert not list(tmp_path.iterdir())
+
+
+def test_imagenet_normalisation_is_recorded_for_rgb_and_refused_for_gray(tmp_path):
+    """data.normalize: imagenet writes ImageNet's statistics (what pretrained weights expect) in
+    place of the split's own; the pixels are the same bytes either way; gray data is refused by name."""
+    with pytest.raises(ConfigError, match="data.normalize: imagenet needs RGB"):
+        prepare(DataConfig(normalize="imagenet"), 0, tmp_path / "gray", tmp_path / "gray.json")
+    assert not (tmp_path / "gray").exists()
+    own = prepare(DataConfig(channels=3), 0, tmp_path / "own", tmp_path / "own.json")
+    imagenet = prepare(DataConfig(channels=3, normalize="imagenet"), 0, tmp_path / "in", tmp_path / "in.json")
+    assert (imagenet.mean, imagenet.std) == (IMAGENET_MEAN, IMAGENET_STD) and own.mean != IMAGENET_MEAN
+    assert imagenet.files == own.files
+    assert load_meta(tmp_path / "in").mean == IMAGENET_MEAN

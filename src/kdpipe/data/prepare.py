@@ -13,12 +13,12 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from kdpipe.config import DataConfig
-from kdpipe.data.prepared import META_FILE, SPLITS, PreparedMeta
+from kdpipe.data.prepared import IMAGENET_MEAN, IMAGENET_STD, META_FILE, SPLITS, PreparedMeta
 from kdpipe.data.sources import SOURCES
 from kdpipe.data.sources.base import Images, ImageFiles
 from kdpipe.data.sources.decode import unreadable_error
 from kdpipe.data.write import channel_stats, write_split, written_shape
-from kdpipe.errors import DataError
+from kdpipe.errors import ConfigError, DataError
 from kdpipe.io import sha256_file, write_json
 
 log = logging.getLogger("kdpipe")
@@ -97,6 +97,16 @@ def check_disk_space(splits: dict[str, Split], shape: tuple[int, int, int], out_
         )
 
 
+def normalisation(cfg: DataConfig, channels: int) -> tuple[list[float], list[float]] | None:
+    """``data.normalize``'s fixed statistics (None: the training split's own, computed as it is written)."""
+    if cfg.normalize == "dataset":
+        return None
+    if channels != 3:
+        raise ConfigError(f"data.normalize: imagenet needs RGB images; {cfg.dataset} gives {channels} channel(s) "
+                          "(set data.channels: 3, or data.normalize: dataset)")
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
 def resize_mode(images: Images, cfg: DataConfig) -> str | None:
     """How ``images`` reach ``data.image_size``: the source's choice for files on disk; the array
     sets are square, so every mode squashes them alike."""
@@ -112,6 +122,7 @@ def prepare(cfg: DataConfig, seed: int, out_dir: str | Path, metrics_file: str |
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     check_disk_space(splits, shape, out_dir, cfg)
+    fixed_stats = normalisation(cfg, shape[0])
     # Build the whole folder aside and swap it in, so a failure never leaves a partial data set.
     for stale in out_dir.parent.glob(f".{out_dir.name}.*.tmp"):  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)
@@ -135,7 +146,7 @@ def prepare(cfg: DataConfig, seed: int, out_dir: str | Path, metrics_file: str |
             raise unreadable_error(cfg.dataset, unreadable)
         for name, y in labels.items():
             check_classes(cfg.dataset, name, y, class_names)
-        mean, std = channel_stats(histograms)
+        mean, std = fixed_stats or channel_stats(histograms)
         meta = PreparedMeta(
             dataset=cfg.dataset,
             class_names=class_names,

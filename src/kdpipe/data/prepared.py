@@ -13,6 +13,9 @@ from kdpipe.errors import DataError, MissingInputError
 from kdpipe.io import read_json, sha256_file
 
 SPLITS = ("train", "val", "test")
+# torchvision's ImageNet statistics (RGB, [0, 1] units): what its pretrained weights, and timm's
+# CNNs, expect inputs normalised with (data.normalize: imagenet)
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 META_FILE = "meta.json"
 
 
