@@ -56,6 +56,8 @@ def known_architecture(value: str) -> str:
 
 class AugmentConfig(Section):
     crop_padding: int = Field(1, ge=0, description="random-crop padding in pixels (0 = off)")
+    crop_pad_mode: Literal["zeros", "reflect"] = Field(
+        "zeros", description="what the random crop's border holds: black, or the image mirrored (airbench)")
     hflip: bool = Field(False, description="random horizontal flip (wrong for digits/text)")
     cutout: int = Field(0, ge=0, description="side of a random square set to the mean per image (0 = off)")
     # photos (data/augment.py): on whole batches, seeded
@@ -148,8 +150,8 @@ class RoleConfig(Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0)
-    scheduler: Literal["onecycle", "cosine", "step", "multistep", "none"] = "onecycle"
-    warmup_fraction: float = Field(0.25, ge=0, lt=1, description="onecycle: share of steps warming up")
+    scheduler: Literal["onecycle", "triangle", "cosine", "step", "multistep", "none"] = "onecycle"
+    warmup_fraction: float = Field(0.25, ge=0, lt=1, description="onecycle, triangle: share of steps warming up")
     step_size: int = Field(30, ge=1, description="step: epochs between decays")
     gamma: float = Field(0.1, gt=0, le=1, description="step, multistep: decay factor")
     milestones: list[int] = Field(
@@ -157,6 +159,12 @@ class RoleConfig(Section):
         "(the CIFAR benchmark recipe: [150, 180, 210] of 240)",
     )
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    norm_bias_lr_scale: float = Field(
+        1.0, ge=1, description="learning-rate multiple for the normalisation layers' shifts, their weight decay "
+        "divided by it (airbench: 64)")
+    lookahead_every: int = Field(
+        0, ge=0, description="every this many steps, pull the weights towards a running average of them and restart "
+        "from it (airbench's Lookahead; 0 = off); the average is the model at the end")
 
     @field_validator("arch")
     @classmethod

@@ -58,9 +58,14 @@ CALIBRATION_METHODS = {
 
 
 class ArrayCalibrationReader(CalibrationDataReader):
+    """``images`` in batches of one size (at most ``batch_size``) that covers them all: ONNX Runtime's
+    histogram calibrators (entropy, percentile) stack the batches' activations, so a shorter last
+    batch fails them."""
+
     def __init__(self, input_name: str, images: np.ndarray, batch_size: int = 32):
         self.input_name = input_name
-        self.batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+        size = max(d for d in range(1, max(1, min(batch_size, len(images))) + 1) if len(images) % d == 0)
+        self.batches = [images[i : i + size] for i in range(0, len(images), size)]
         self.pos = 0
 
     def get_next(self):

@@ -82,3 +82,12 @@ def test_prefetch_keeps_order_stops_early_and_raises_where_consumed():
 
     with pytest.raises(OSError, match="disk gone"):
         list(prefetch(failing()))
+
+
+def test_a_reflect_padded_crop_shows_the_image_mirrored_never_black():
+    x = (torch.arange(16, dtype=torch.uint8) + 100).view(1, 1, 4, 4).repeat(64, 1, 1, 1)
+    zeros = random_crop(x, 2, torch.Generator().manual_seed(0))
+    mirrored = random_crop(x, 2, torch.Generator().manual_seed(0), mode="reflect")
+    assert (zeros == 0).any() and (mirrored >= 100).all()
+    # same windows: where the zero-padded crop saw the image, the mirrored one sees the same pixels
+    assert torch.equal(mirrored[zeros > 0], zeros[zeros > 0])

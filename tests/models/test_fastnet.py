@@ -30,7 +30,7 @@ def test_whitening_filters_come_from_the_data_and_stay_frozen():
     assert not init_from_data("resnet18", build_model("resnet18", 10, 3, 32), x)  # no data-dependent init
 
 
-@pytest.mark.parametrize("arch", ["fastnet", "fastnet_s", "fastnet_l"])
+@pytest.mark.parametrize("arch", ["fastnet", "fastnet_s", "fastnet_l", "airbench94"])
 @pytest.mark.parametrize("channels, size", [(1, 8), (3, 32), (3, 64)])
 def test_every_variant_fits_the_data(arch, channels, size):
     model = build_model(arch, 7, channels, size).eval()
@@ -97,4 +97,14 @@ def test_onnx_export_and_static_int8(tmp_path):
 
 
 def test_registered():
-    assert {"fastnet", "fastnet_s", "fastnet_l"} <= set(MODELS)
+    assert {"fastnet", "fastnet_s", "fastnet_l", "airbench94"} <= set(MODELS)
+
+
+def test_airbench94_keeps_the_published_layers_and_costs_what_fastnet_costs():
+    """GELU, identity-initialised convolutions and the pool before BatchNorm; fastnet's widths."""
+    model = build_model("airbench94", 10, 3, 32)
+    group = model.group1
+    assert [type(m).__name__ for m in group] == ["Conv2d", "MaxPool2d", "BatchNorm2d", "GELU", "Conv2d", "BatchNorm2d", "GELU"]
+    conv2 = group[4].weight  # 64 -> 64: every filter is the identity on its own channel
+    assert torch.equal(conv2[:, :, 1, 1], torch.eye(64)) and conv2.abs().sum() == 64
+    assert count_macs(model, (3, 32, 32)) == count_macs(build_model("fastnet", 10, 3, 32), (3, 32, 32))

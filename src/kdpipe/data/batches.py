@@ -20,12 +20,14 @@ from kdpipe.data.prepared import PreparedMeta, Split
 T = TypeVar("T")
 
 
-def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Zero-pad by ``padding`` and cut a random window of the original size from each image."""
+def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator, mode: str = "zeros") -> torch.Tensor:
+    """Pad by ``padding`` (zeros, or the image mirrored at its edges: ``reflect``) and cut a random
+    window of the original size from each image."""
     if padding <= 0:
         return x
     b, c, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
+    pad = (padding, padding, padding, padding)
+    padded = torch.nn.functional.pad(x, pad, mode="reflect") if mode == "reflect" else torch.nn.functional.pad(x, pad)
     off = torch.randint(0, 2 * padding + 1, (2, b), generator=generator, device=generator.device).to(x.device)
     rows = (off[0][:, None] + torch.arange(h, device=x.device))[:, None, :, None]
     cols = (off[1][:, None] + torch.arange(w, device=x.device))[:, None, None, :]
@@ -65,7 +67,7 @@ def augment_uint8(
     if augment.resized_crop_scale is not None:
         cropped = random_resized_crop(x.float(), augment.resized_crop_scale, augment.resized_crop_ratio, generator)
         x = cropped.round_().clamp_(0, 255).to(torch.uint8)
-    x = random_crop(x, augment.crop_padding, generator)
+    x = random_crop(x, augment.crop_padding, generator, augment.crop_pad_mode)
     if augment.hflip:
         x = random_hflip(x, generator)
     fill = (mean.to(x.device) * 255).round().to(torch.uint8)
@@ -93,7 +95,7 @@ class BatchTransform:
             assert generator is not None, "augmentation needs a seeded generator"
             if augment.resized_crop_scale is not None:
                 x = random_resized_crop(x, augment.resized_crop_scale, augment.resized_crop_ratio, generator)
-            x = random_crop(x, augment.crop_padding, generator)
+            x = random_crop(x, augment.crop_padding, generator, augment.crop_pad_mode)
             if augment.hflip:
                 x = random_hflip(x, generator)
             x = random_cutout(x, augment.cutout, self.mean, generator)

@@ -21,6 +21,7 @@ from kdpipe.data.batches import BatchTransform, num_batches
 from kdpipe.data.prepared import PreparedData, Split
 from kdpipe.engine.compile import compiled
 from kdpipe.engine.inference import predict_logits
+from kdpipe.engine.lookahead import Lookahead
 from kdpipe.engine.optim import build_optimizer, build_scheduler
 from kdpipe.engine.resume import EpochCheckpoints, rng_state, set_rng_state
 from kdpipe.engine.runtime import Runtime
@@ -159,6 +160,7 @@ class EpochTotals:
 def train_epoch(
     model: torch.nn.Module, method: Method, epoch: int, loader: StepLoader, optimizer: torch.optim.Optimizer,
     scheduler, scaler: torch.amp.GradScaler, runtime: Runtime, desc: str, epochs: int,
+    lookahead: Lookahead | None = None,
 ) -> EpochTotals:
     """One pass over the training split; sums stay on the device (one host sync per epoch)."""
     device = runtime.device
@@ -180,6 +182,8 @@ def train_epoch(
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if lookahead is not None:
+            lookahead.step()
         watch.update(step, loss, terms)
         n = len(batch.labels)
         count += n
@@ -241,10 +245,13 @@ def fit(
     batch_size = min(train_cfg.batch_size, len(train))
     steps = num_batches(len(train), batch_size, drop_last=True)
     model, shard = distribute(method, runtime, train_cfg, batch_size)
-    optimizer = build_optimizer(method.parameters(), role)
+    optimizer = build_optimizer(method, role)
     scheduler = build_scheduler(optimizer, role, steps)
+    # the student's own weights only: a method's state (CRD's memory banks) is no weight to average
+    lookahead = Lookahead(method.student, role.lookahead_every, role.epochs * steps) if role.lookahead_every else None
     state = TrainState(
-        parts={"method": method, "optimizer": optimizer, "scheduler": scheduler, "scaler": runtime.grad_scaler()},
+        parts={"method": method, "optimizer": optimizer, "scheduler": scheduler, "scaler": runtime.grad_scaler(),
+               **({"lookahead": lookahead} if lookahead is not None else {})},
         generators={"shuffle": torch.Generator().manual_seed(seed),
                     "augment": torch.Generator(device=device).manual_seed(seed + 1)},
     )
@@ -274,7 +281,9 @@ def fit(
             epoch_start = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             totals = train_epoch(model, method, epoch, loader, optimizer, scheduler, state.parts["scaler"], runtime,
-                                 desc, role.epochs)
+                                 desc, role.epochs, lookahead)
+            if lookahead is not None and epoch == role.epochs:
+                lookahead.finish()
             state.seen += totals.images
             val_acc, val_loss = validate(method.student, val, transform, train_cfg.eval_batch_size, runtime.autocast)
             values = {

@@ -16,6 +16,7 @@ ARCHITECTURES = {
     "fastnet": "fastnet",
     "fastnet_s": "fastnet",
     "fastnet_l": "fastnet",
+    "airbench94": "fastnet",
     # the CIFAR knowledge-distillation benchmarks (CRD, RepDistiller, mdistiller)
     "resnet8": "cifar_resnet",
     "resnet14": "cifar_resnet",
