@@ -149,6 +149,7 @@ def test_a_tiny_benchmark_runs_caches_its_cells_and_reruns_only_a_changed_method
     commit_all(ws, "ran")
     kd = ws / "src" / "kdpipe" / "methods" / "kd.py"
     kd.write_text(kd.read_text() + "\n# edited\n")
-    assert sorted(repro()) == ["cell@p-kd-1", "cell@p-kd-2", "table"]
+    # the table re-runs only if a re-run cell's metrics file changed (its train seconds may not, at 0.1 s)
+    assert sorted(set(repro()) - {"table"}) == ["cell@p-kd-1", "cell@p-kd-2"]
     again = json.loads((bench / "metrics" / "methods.json").read_text())  # same seeds, same accuracies
     assert [r["test_accuracy_best_val"] for r in again.values()] == [r["test_accuracy_best_val"] for r in table.values()]
