@@ -14,7 +14,7 @@ from kdpipe.benchmark import benchmark_table, cell_path, markdown_table, pair_pa
 from kdpipe.config import parse_params
 from kdpipe.errors import ConfigError, MissingInputError
 from kdpipe.io import write_json
-from kdpipe.methods import link_with
+from kdpipe.methods import METHODS, link_with
 from test_dvc_yaml import covers, traced_imports
 
 PAIRS = {"r56_r20": {"teacher": "resnet56", "student": "resnet20"},
@@ -24,6 +24,7 @@ PAIRS = {"r56_r20": {"teacher": "resnet56", "student": "resnet20"},
 def bench_params(**benchmark):
     p = tiny_params()
     p["benchmark"] = {"pairs": PAIRS, "methods": ["none", "kd"], "seeds": [1, 2], **benchmark}
+    p["distill"].update({m: {} for m in p["benchmark"]["methods"] if m in METHODS})
     return parse_params(p)
 
 
@@ -49,6 +50,18 @@ def test_a_pair_sets_the_architectures_and_the_student_learns_from_the_teacher()
 def test_bad_benchmark_sections_name_the_key(benchmark, message):
     with pytest.raises(ConfigError, match=message):
         bench_params(**benchmark)
+
+
+def test_each_method_of_the_matrix_needs_its_distill_section():
+    """Each cell depends on distill.<its method> (so editing one method's settings re-runs its cells
+    only); DVC needs the key in params.yaml, so a missing one is named before any stage runs."""
+    p = tiny_params()
+    p["benchmark"] = {"pairs": PAIRS, "methods": ["none", "kd", "dkd"], "seeds": [1]}
+    p["distill"]["none"] = {}
+    with pytest.raises(ConfigError, match=r"benchmark.methods: each method needs its section under distill.*'kd: \{\}', 'dkd: \{\}'"):
+        parse_params(p)
+    cells = yaml.safe_load((ROOT / "experiments" / "cifar10_cpu" / "dvc.yaml").read_text())["stages"]["cell"]["params"]
+    assert "distill.${item.method}" in cells and "distill" not in cells
 
 
 def test_one_distill_section_serves_logit_and_feature_methods():
@@ -118,6 +131,7 @@ def test_a_tiny_benchmark_runs_caches_its_cells_and_reruns_only_a_changed_method
     p = tiny_params(**{"data.max_train_samples": 200, "teacher.epochs": 1, "student.epochs": 1, "distill.teacher": "teacher"})
     p["data"]["root"] = "data/raw"
     p["benchmark"] = {"pairs": {"p": {"teacher": "resnet20", "student": "resnet8"}}, "methods": ["none", "kd"], "seeds": [1, 2]}
+    p["distill"].update({"logit_standardize": False, "none": {}, "kd": {}})
     (bench / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     commit_all(ws, "benchmark")
     logs = []

@@ -392,6 +392,18 @@ class Params(Section):
     # field named ``validate`` would shadow ``BaseModel.validate``.
     validation: ValidateConfig = Field(ValidateConfig(), alias="validate")
 
+    @model_validator(mode="after")
+    def _benchmark_method_sections(self) -> Params:
+        # a benchmark cell depends on distill.<its method> (dvc.yaml), and DVC needs that key in params.yaml
+        if self.benchmark.pairs:
+            missing = [m for m in self.benchmark.methods if m not in (self.distill.model_extra or {})]
+            if missing:
+                raise ValueError(
+                    "benchmark.methods: each method needs its section under distill, which its cells depend on; add "
+                    + ", ".join(f"'{m}: {{}}'" for m in missing) + " (empty: the method's defaults)"
+                )
+        return self
+
     def role(self, name: str) -> RoleConfig:
         if name not in ROLES:
             raise KeyError(name)

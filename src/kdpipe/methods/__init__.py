@@ -60,8 +60,13 @@ def build_method(
 def link_with(cfg: DistillConfig, name: str) -> DistillConfig:
     """The link ``cfg`` with method ``name``, its teacher cache (``cache_views``) kept only where the
     method reads nothing but the teacher's logits: one ``distill`` section serves every method of
-    a benchmark, and a feature method runs its teacher live."""
-    return cfg.model_copy(update={"method": name, "cache_views": cfg.cache_views if METHODS[name].logits_only else 0})
+    a benchmark, and a feature method runs its teacher live. Of the per-method sections only
+    ``name``'s is kept, so the link checks, and its stage imports, that method's code alone."""
+    others = set(cfg.model_extra or {}) - {name}
+    return type(cfg).model_validate({
+        **cfg.model_dump(exclude=others), "method": name,
+        "cache_views": cfg.cache_views if METHODS[name].logits_only else 0,
+    })
 
 
 def check_link(cfg: DistillConfig, where: str) -> None:

@@ -38,7 +38,7 @@ def method_settings(method: type[Method], cfg: DistillConfig | None, where: str)
     """``<where>.<method>`` validated by the method's schema (defaults where the section is absent)."""
     raw = (getattr(cfg, "model_extra", None) or {}).get(method.name)
     if method.Params is None:
-        if raw is not None:
+        if raw:  # an empty section ({}: benchmark matrices list one per method) sets nothing
             raise ConfigError(f"{where}.{method.name}: method '{method.name}' takes no settings of its own")
         return None
     try:
