@@ -12,8 +12,8 @@ from conftest import ROOT, run
 from kdpipe.config import QuantizeConfig
 from kdpipe.models.checkpoint import ModelInfo
 from kdpipe.models.registry import build_model
-from kdpipe.onnx_export import export_onnx
-from kdpipe.quantize import ArrayCalibrationReader, calibration_trials, recovery_advice
+from kdpipe.onnx_export import check_parity, export_onnx
+from kdpipe.quantize import ArrayCalibrationReader, NormalisedSplit, calibration_trials, onnx_accuracy, recovery_advice
 
 
 def test_the_advice_names_the_calibration_or_the_qat_file_that_recovers():
@@ -45,6 +45,27 @@ def test_calibration_batches_are_one_size_and_cover_every_image():
         reader = ArrayCalibrationReader("input", np.zeros((count, 1, 2, 2), np.float32))
         shapes = {b["input"].shape[0] for b in iter(reader.get_next, None)}
         assert shapes == {size} and len(reader.batches) * size == count
+
+
+def test_a_split_is_normalised_a_slice_at_a_time_with_the_same_results(tmp_path):
+    """The stage scores a lazily normalised split: same floats, same parity and accuracy as the whole
+    float copy it no longer makes."""
+    from kdpipe.data.batches import BatchTransform
+    from kdpipe.data.prepared import PreparedMeta
+
+    torch.manual_seed(0)
+    model = build_model("resnet8", 3, 1, 8).eval()
+    info = ModelInfo(role="student", arch="resnet8", num_classes=3, image_shape=(1, 8, 8), class_names=list("abc"),
+                     mean=[0.4], std=[0.2])
+    export_onnx(model, info, tmp_path / "fp32.onnx", opset=18)
+    images = torch.randint(0, 256, (300, 1, 8, 8), dtype=torch.uint8)
+    labels = np.random.default_rng(1).integers(0, 3, 300)
+    transform = BatchTransform(PreparedMeta("t", list("abc"), 1, 8, 8, [0.4], [0.2], {}), torch.device("cpu"), False)
+    whole = transform(images)
+    lazy = NormalisedSplit(images, transform)
+    assert len(lazy) == 300 and np.array_equal(lazy[250:300], whole[250:].numpy())
+    assert onnx_accuracy(tmp_path / "fp32.onnx", lazy, labels) == onnx_accuracy(tmp_path / "fp32.onnx", whole.numpy(), labels)
+    assert check_parity(model, tmp_path / "fp32.onnx", lazy, atol=1e-4) <= 1e-4
 
 
 @pytest.mark.integration

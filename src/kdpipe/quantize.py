@@ -78,6 +78,20 @@ class ArrayCalibrationReader(CalibrationDataReader):
         self.pos = 0
 
 
+class NormalisedSplit:
+    """A split's uint8 images, normalised a slice at a time: a whole split's float copy (four times
+    its bytes) never exists, so photo-sized validation splits quantize in bounded memory."""
+
+    def __init__(self, images: torch.Tensor, transform: BatchTransform):
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        return self.transform(self.images[index]).numpy()
+
+
 def calibration_images(images: torch.Tensor, labels: torch.Tensor, count: int, seed: int) -> torch.Tensor:
     """A seeded subset of training images, with every class represented where possible."""
     if count >= len(labels):
@@ -145,11 +159,13 @@ def quantize_dynamic_int8(
         quantize_dynamic(str(source), str(tmp), op_types_to_quantize=list(op_types), weight_type=weight_type)
 
 
-def onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
+def onnx_accuracy(path: Path, x: np.ndarray | NormalisedSplit, y: np.ndarray) -> float:
     return round(float((onnx_logits(ort_session(path), x).argmax(1) == y).mean()), 6)
 
 
-def calibration_trials(fp32_path: Path, calib: np.ndarray, cfg, val_x: np.ndarray, val_y: np.ndarray) -> dict[str, float]:
+def calibration_trials(
+    fp32_path: Path, calib: np.ndarray, cfg, val_x: np.ndarray | NormalisedSplit, val_y: np.ndarray
+) -> dict[str, float]:
     """Validation accuracy of static int8 with each other calibration method (same images)."""
     trials = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -180,7 +196,7 @@ def quantize_student(params: Params) -> None:
     model, info = load_checkpoint(paths.checkpoint_path("student"), paths.STAGE_OF_ROLE["student"])
     data = load_prepared(paths.PREPARED_DIR, splits=("train", "val"))
     transform = BatchTransform(data.meta, torch.device("cpu"), channels_last=False)
-    val_x = transform(data["val"].images)
+    val_x = NormalisedSplit(data["val"].images, transform)
 
     export_onnx(model, info, paths.STUDENT_ONNX, cfg.opset)
     max_diff = check_parity(model, paths.STUDENT_ONNX, val_x, cfg.atol)
@@ -192,7 +208,7 @@ def quantize_student(params: Params) -> None:
         quantize_int8(paths.STUDENT_ONNX, paths.STUDENT_INT8_ONNX, calib, cfg.calibration_method, cfg.per_channel, pre)
         quantize_dynamic_int8(paths.STUDENT_ONNX, paths.STUDENT_DYNAMIC_INT8_ONNX, cfg.dynamic_op_types, pre)
 
-    report_x = val_x[:REPORT_IMAGES].numpy()
+    report_x = val_x[:REPORT_IMAGES]
     layers = {"int8": layer_errors(paths.STUDENT_ONNX, paths.STUDENT_INT8_ONNX, report_x)}
 
     qat_model, qat_result = qat_distill(params, model, data)
@@ -212,10 +228,10 @@ def quantize_student(params: Params) -> None:
         "dynamic_int8": paths.STUDENT_DYNAMIC_INT8_ONNX,
         "qat_int8": paths.STUDENT_QAT_INT8_ONNX,
     }
-    acc = {name: onnx_accuracy(path, val_x.numpy(), val_y) for name, path in files.items()}
+    acc = {name: onnx_accuracy(path, val_x, val_y) for name, path in files.items()}
     trials = {}
     if acc["fp32"] - acc["int8"] > cfg.max_drop:
-        trials = calibration_trials(paths.STUDENT_ONNX, calib, cfg, val_x.numpy(), val_y)
+        trials = calibration_trials(paths.STUDENT_ONNX, calib, cfg, val_x, val_y)
     write_json(
         paths.QUANTIZE_METRICS,
         {
