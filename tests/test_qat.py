@@ -175,3 +175,22 @@ def test_static_int8_runs_the_same_through_onnx_runtimes_fused_int8_kernels(tmp_
     fused = logits(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     unfused = logits(ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
     assert np.abs(fused - unfused).max() < 0.02 * np.abs(unfused).max()
+
+
+def test_the_fine_tune_takes_no_lookahead_or_bn_shift_multiple_from_the_student_recipe():
+    """airbench's recipe (experiments/cifar10) sets both for the student; in QAT the Lookahead
+    average reached the fake-quant observers' +-inf initial ranges and the fine-tune went NaN."""
+    from conftest import ROOT
+
+    from kdpipe.config import load_params
+    from kdpipe.engine.lookahead import Lookahead
+    from kdpipe.qat import qat_recipe
+
+    params = load_params(ROOT / "experiments/cifar10/params.yaml")
+    assert params.student.lookahead_every == 5 and params.student.norm_bias_lr_scale == 64
+    recipe = qat_recipe(params)
+    assert (recipe.lookahead_every, recipe.norm_bias_lr_scale, recipe.scheduler) == (0, 1.0, "cosine")
+    assert (recipe.epochs, recipe.lr) == (params.quantize.qat.epochs, params.quantize.qat.lr)
+    # why: a QAT model's floating-point state holds observer ranges that start infinite
+    averaged = Lookahead(prepare_qat(build_model("fastnet_s", 4, 1, 8)), 5, 10).average
+    assert any(torch.isinf(v).any() for v in averaged.values())

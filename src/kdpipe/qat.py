@@ -22,7 +22,7 @@ from torch.fx.experimental.optimization import fuse
 from torch.nn.utils import parametrize
 
 from kdpipe import paths
-from kdpipe.config import Params
+from kdpipe.config import Params, RoleConfig
 from kdpipe.data.prepared import PreparedData
 from kdpipe.engine.runtime import setup_runtime, teacher_chunk
 from kdpipe.engine.trainer import FitResult, fit
@@ -106,6 +106,18 @@ def finalize_qat(model: fx.GraphModule) -> fx.GraphModule:
     return model
 
 
+def qat_recipe(params: Params) -> RoleConfig:
+    """The fine-tune's optimiser: the student's, with ``quantize.qat``'s epochs, lr and decay on a
+    cosine schedule. A run-from-scratch recipe's Lookahead and BN-shift learning-rate multiple stay
+    off: BatchNorm is folded here, and averaging would also reach the fake-quant observers' ranges
+    (which start at +-inf, so the average turned them to NaN)."""
+    cfg = params.quantize.qat
+    return params.student.model_copy(update={
+        "epochs": cfg.epochs, "lr": cfg.lr, "scheduler": "cosine", "weight_decay": cfg.weight_decay,
+        "lookahead_every": 0, "norm_bias_lr_scale": 1.0,
+    })
+
+
 def qat_distill(params: Params, student: nn.Module, data: PreparedData) -> tuple[fx.GraphModule, FitResult]:
     """Fine-tune ``student`` under simulated int8 with KD from the student link's teacher (in fp32:
     fake quantization is an fp32 simulation)."""
@@ -118,9 +130,7 @@ def qat_distill(params: Params, student: nn.Module, data: PreparedData) -> tuple
     context = MethodContext(where="distill", input_shape=data.meta.image_shape, teacher_arch=teacher_info.arch,
                             teacher_chunk=teacher_chunk(params.train, runtime.device))
     method = build_method("kd", model, teacher, link, params.student.label_smoothing, context)
-    recipe = params.student.model_copy(
-        update={"epochs": cfg.epochs, "lr": cfg.lr, "scheduler": "cosine", "weight_decay": cfg.weight_decay}
-    )
+    recipe = qat_recipe(params)
     log.info("QAT: %d epochs of KD from the %s (T=%g, alpha=%g), lr %g, %s",
              cfg.epochs, teacher_role, link.temperature, link.alpha, cfg.lr, runtime.describe())
     try:
