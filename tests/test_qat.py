@@ -186,8 +186,9 @@ def test_the_fine_tune_takes_no_lookahead_or_bn_shift_multiple_from_the_student_
     from kdpipe.engine.lookahead import Lookahead
     from kdpipe.qat import qat_recipe
 
-    params = load_params(ROOT / "experiments/cifar10/params.yaml")
-    assert params.student.lookahead_every == 5 and params.student.norm_bias_lr_scale == 64
+    params = load_params(ROOT / "params.yaml")
+    student = params.student.model_copy(update={"lookahead_every": 5, "norm_bias_lr_scale": 64})
+    params = params.model_copy(update={"student": student})
     recipe = qat_recipe(params)
     assert (recipe.lookahead_every, recipe.norm_bias_lr_scale, recipe.scheduler) == (0, 1.0, "cosine")
     assert (recipe.epochs, recipe.lr) == (params.quantize.qat.epochs, params.quantize.qat.lr)
