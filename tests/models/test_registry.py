@@ -69,3 +69,14 @@ def test_vgg_small_input_keeps_three_pools_and_a_linear_head():
     assert stages == ["features.3", "features.7", "features.14", "features.21"]
     assert all(name in modules for name in stages)
     assert default_stages("vgg16_bn") == ["features.6", "features.13", "features.23", "features.33"]
+
+
+def test_every_registered_architecture_declares_four_feature_stages_that_exist():
+    """Feature methods and evaluate's feature maps tap them (airbench94 once had none: evaluate failed)."""
+    from kdpipe.methods.common.features import default_stages
+    from kdpipe.models import ARCHITECTURES, MODEL_FILE_ARCHS
+
+    for arch in sorted(set(ARCHITECTURES) - set(MODEL_FILE_ARCHS)):
+        stages = default_stages(arch)
+        modules = dict(build_model(arch, 10, 3, 32).named_modules())
+        assert len(stages) == 4 and all(name in modules for name in stages), arch

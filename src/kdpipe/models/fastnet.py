@@ -112,5 +112,8 @@ def _build(num_classes: int, in_channels: int, image_size: int, widths: tuple[in
     return FastNet(num_classes, in_channels, widths, small_input=image_size < 16, airbench=airbench)
 
 
+FEATURE_LAYERS = ["stem", "group1", "group2", "group3"]  # what the feature methods (and evaluate's maps) tap
+
 for _name, (_widths, _airbench) in VARIANTS.items():
-    MODELS.add(_name, Spec(partial(_build, widths=_widths, airbench=_airbench), init_from_data=init_from_data))
+    MODELS.add(_name, Spec(partial(_build, widths=_widths, airbench=_airbench), init_from_data=init_from_data,
+                           feature_layers=FEATURE_LAYERS))

@@ -17,13 +17,12 @@ from kdpipe.errors import ConfigError
 from kdpipe.models import MODELS
 from kdpipe.models.registry import vgg_pool_layers
 
-# Four stages from early to late, for each torchvision family and fastnet (small-input and
+# Four stages from early to late, for each torchvision family (small-input and
 # ImageNet stems alike). The project's other architectures declare theirs on their registry
 # ``Spec`` (``feature_layers``), which comes first: ``resnet20`` is no torchvision ResNet.
 STAGES = {
     "resnet": ["layer1", "layer2", "layer3", "layer4"],
     "mobilenet_v2": ["features.3", "features.6", "features.13", "features.18"],
-    "fastnet": ["stem", "group1", "group2", "group3"],
 }
 
 
