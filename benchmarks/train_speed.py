@@ -10,7 +10,8 @@ train/<class>/ images) at the same batch size, side by side in one run, each in 
   (random crop with padding, flip, ToTensor, Normalize) in DataLoader workers, fp32, SGD, the
   teacher run live in fp32 in every distillation step;
 - engine: kdpipe's trainer (``fit``) on decoded uint8 tensors, augmentation on whole batches,
-  channels_last, ``train.precision: auto`` (bf16 on CPUs with AMX / AVX-512 bf16 and on GPUs),
+  precision, memory format and small-conv GEMM at ``auto`` (the student's family's measured rule for
+  this CPU type, ``src/kdpipe/engine/rules.json``; else bf16 where native, channels_last, GEMM),
   the teacher under no_grad and autocast; and the same with ``train.compile: true`` (compiled
   student step, teacher compiled for inference with frozen weights; compilation not timed), and
   with ``distill.cache_views: 1`` (teacher logits on a fixed augmented view computed once, before
@@ -165,12 +166,12 @@ def engine(args) -> dict:
     meta = PreparedMeta("bench", classes, 3, 32, 32, MEAN, STD, {"train": n_train, "val": 256})
     data = PreparedData(meta, {"train": Split(images[:n_train], labels[:n_train]),
                                "val": Split(images[n_train:], labels[n_train:])})
-    train_cfg = TrainConfig(batch_size=args.batch, device=args.device, precision="auto", channels_last=True,
-                            augment=AugmentConfig(crop_padding=4, hflip=True), compile=args.side == "engine+compile",
-                            teacher_chunk=args.teacher_chunk)
-    runtime = setup_runtime(train_cfg, seed=0)
+    train_cfg = TrainConfig(batch_size=args.batch, device=args.device, precision="auto", channels_last="auto",
+                            small_conv_gemm="auto", augment=AugmentConfig(crop_padding=4, hflip=True),
+                            compile=args.side == "engine+compile", teacher_chunk=args.teacher_chunk)
     n = len(classes)
     arch = args.student if args.mode == "distill" else args.teacher
+    runtime = setup_runtime(train_cfg, seed=0, arch=arch)  # auto: the family's measured rule (engine/rules.py)
     role = RoleConfig(arch=arch, epochs=3, optimizer="sgd", lr=0.05, weight_decay=5e-4, scheduler="none")
     student = build_model(arch, n, 3, 32)
     if args.mode == "distill":
@@ -184,7 +185,7 @@ def engine(args) -> dict:
     result = fit(method, role, train_cfg, data, runtime, seed=0, desc="engine")
     epoch_seconds = statistics.median(h["epoch_seconds"] for h in result.history[1:])  # after a warm-up epoch
     return {"images_per_second": n_train / epoch_seconds, "precision": runtime.precision,
-            "cache_seconds": result.teacher_cache_seconds}
+            "cache_seconds": result.teacher_cache_seconds, "settings": runtime.describe()}
 
 
 def child(args) -> None:
@@ -248,6 +249,8 @@ def main() -> None:
                 notes = f"   (rounds: {', '.join(f'{v:.1f}' for v in row['rounds'])})" if args.rounds > 1 else ""
                 if row.get("cache_seconds"):
                     notes += f"   (teacher cache built once in {row['cache_seconds']:.1f}s)"
+                if row.get("settings"):
+                    notes += f"   ({row['settings']})"
                 tflops = row["images_per_second"] * flops / 1e12
                 peak = peaks.get({"fp32": "float32", "bf16": "bfloat16"}.get(row["precision"], ""))
                 share = f"{tflops / peak:8.0%}" if peak else f"{'—':>8}"

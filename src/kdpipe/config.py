@@ -116,8 +116,10 @@ class TrainConfig(Section):
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(512, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto: the measured choice for the trained network's family on this CPU type
+    # (src/kdpipe/engine/rules.json, benchmarks/engine_rule.py), else bf16 where the CPU runs it natively
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    channels_last: bool = True
+    channels_last: Literal["auto"] | bool = Field("auto", description="NHWC models and batches; auto: the measured rule, else on")
     num_threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = all cores")
     deterministic: bool = True
     teacher_chunk: int = Field(
@@ -129,8 +131,9 @@ class TrainConfig(Section):
     )
     sync_batchnorm: bool = Field(True, description="DDP on GPUs: BatchNorm statistics over the global batch")
     compile: bool = Field(False, description="torch.compile the training step (minutes of compilation first)")
-    small_conv_gemm: bool = Field(
-        True, description="CPU training: 3x3 convolutions with outputs of at most 16 pixels as im2col + GEMM"
+    small_conv_gemm: Literal["auto"] | bool = Field(
+        "auto", description="CPU training: 3x3 convolutions with outputs of at most 16 pixels as im2col + GEMM; "
+        "auto: the measured rule, else on"
     )
     augment: AugmentConfig = AugmentConfig()
 

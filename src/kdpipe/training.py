@@ -75,7 +75,7 @@ def train_link(
     resuming from ``checkpoints`` when they hold this run's state."""
     role_cfg = params.role(role)
     seed = (params.seed if seed is None else seed) + ROLE_SEED_OFFSET[role]
-    runtime = setup_runtime(params.train, seed)
+    runtime = setup_runtime(params.train, seed, role_cfg.arch)
     data = load_prepared(paths.PREPARED_DIR)
     meta = data.meta
 

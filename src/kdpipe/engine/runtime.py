@@ -12,6 +12,7 @@ import torch
 
 from kdpipe.config import TrainConfig
 from kdpipe.distributed import distributed_env, init_distributed
+from kdpipe.engine.rules import EngineChoice, family, measured_choice
 from kdpipe.errors import ConfigError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -48,6 +49,9 @@ class Runtime:
     rank: int = 0  # this process in a torchrun (DDP) job
     world_size: int = 1
     distributed: bool = False  # in a torchrun job (DDP), of one process or more
+    channels_last: bool = True  # models and batches in NHWC
+    small_conv_gemm: bool = False  # CPU: small 3x3 convolutions as im2col + GEMM (engine/small_conv.py)
+    rule: str = ""  # where ``auto`` settings came from: "<cpu type>/<family>" of engine/rules.json
 
     @property
     def is_main(self) -> bool:
@@ -68,7 +72,10 @@ class Runtime:
 
     def describe(self) -> str:
         ddp = f", DDP rank {self.rank} of {self.world_size}" if self.distributed else ""
-        return f"{self.device.type} {self.precision}, {torch.get_num_threads()} threads{ddp}"
+        layout = ", channels_last" if self.channels_last else ""
+        gemm = ", small-conv GEMM" if self.small_conv_gemm else ""
+        rule = f" (measured rule {self.rule})" if self.rule else ""
+        return f"{self.device.type} {self.precision}{layout}{gemm}{rule}, {torch.get_num_threads()} threads{ddp}"
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -79,14 +86,22 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def resolve_precision(requested: str, device: torch.device) -> str:
+def resolve_precision(requested: str, device: torch.device, choice: EngineChoice | None = None) -> str:
     if requested != "auto":
         if requested == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ConfigError("train.precision: this GPU has no bf16 support (use 'fp16' or 'auto')")
         return requested
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
+    if not cpu_has_fast_bf16():
+        return "fp32"
+    return choice.precision if choice is not None else "bf16"
+
+
+def engine_choice(device: torch.device, arch: str | None) -> EngineChoice | None:
+    """The measured settings for training ``arch`` on this CPU (engine/rules.py); None on GPUs,
+    without an architecture, or where nothing was measured."""
+    return measured_choice(cpu_isa(), arch) if device.type == "cpu" and arch else None
 
 
 def seed_everything(seed: int) -> None:
@@ -95,7 +110,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def setup_runtime(cfg: TrainConfig, seed: int) -> Runtime:
+def setup_runtime(cfg: TrainConfig, seed: int, arch: str | None = None) -> Runtime:
+    """Device, precision, memory format and threads for training ``arch`` (its family's measured
+    rule decides the settings left at ``auto``), seeded and, under torchrun, joined to the group."""
     device = resolve_device(cfg.device)
     _, local_rank, world = distributed_env()
     if device.type == "cuda" and world > 1:
@@ -122,7 +139,13 @@ def setup_runtime(cfg: TrainConfig, seed: int) -> Runtime:
     seed_everything(seed)  # the same on every rank: same initial weights, same batch order
     rank, world = init_distributed(device)
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    return Runtime(device, resolve_precision(cfg.precision, device), rank, world, distributed)
+    choice = engine_choice(device, arch)
+    settings = (cfg.precision, cfg.channels_last, cfg.small_conv_gemm)
+    channels_last = cfg.channels_last if cfg.channels_last != "auto" else (choice.channels_last if choice else True)
+    small_conv = cfg.small_conv_gemm if cfg.small_conv_gemm != "auto" else (choice.small_conv_gemm if choice else True)
+    return Runtime(device, resolve_precision(cfg.precision, device, choice), rank, world, distributed,
+                   channels_last=channels_last, small_conv_gemm=device.type == "cpu" and small_conv,
+                   rule=f"{cpu_isa()}/{family(arch)}" if choice is not None and "auto" in settings else "")
 
 
 def teacher_chunk(cfg: TrainConfig, device: torch.device) -> int:

@@ -237,8 +237,8 @@ def fit(
     """Train ``method.student``; with ``checkpoints`` every epoch's state is saved and a
     previous run's state, when there is one, is resumed from."""
     device = runtime.device
-    place(method, device, train_cfg.channels_last)
-    transform = BatchTransform(data.meta, device, train_cfg.channels_last)
+    place(method, device, runtime.channels_last)
+    transform = BatchTransform(data.meta, device, runtime.channels_last)
     train, val = data["train"], data["val"]
     if role.epochs == 0:  # an imported model (``<role>.checkpoint``): scored, not trained
         return score_only(method.student, val, transform, train_cfg.eval_batch_size, runtime.autocast, logger)
@@ -274,7 +274,7 @@ def fit(
     start = time.perf_counter()
     # small convs: the trained networks only (the teacher is outside the method's module tree)
     with (
-        small_convs_as_gemm(method.modules(), device.type == "cpu" and train_cfg.small_conv_gemm),
+        small_convs_as_gemm(method.modules(), runtime.small_conv_gemm),
         compiled(method, train_cfg.compile),
     ):
         for epoch in range(state.epochs_done + 1, role.epochs + 1):
