@@ -160,7 +160,7 @@ def phase_train(prepared: Path, arch: str, batch: int, in_memory: bool) -> dict:
     load_seconds = time.perf_counter() - start
     meta = data.meta
     train_cfg = TrainConfig(batch_size=batch, eval_batch_size=512, augment=AugmentConfig(crop_padding=8, hflip=True))
-    runtime = setup_runtime(train_cfg, seed=0)
+    runtime = setup_runtime(train_cfg, seed=0, arch=arch)
     student = build_model(arch, meta.num_classes, meta.channels, meta.height)
     role = RoleConfig(arch=arch, epochs=1, optimizer="sgd", lr=0.05, weight_decay=5e-4, scheduler="none")
     result = fit(build_method("none", student, None, None), role, train_cfg, data, runtime, seed=0, desc=arch)

@@ -2,6 +2,7 @@
 
     python benchmarks/engine_rule.py                    # print the table
     python benchmarks/engine_rule.py --write            # and record this CPU type's choices
+    python benchmarks/engine_rule.py --recompute        # re-apply the choice to the recorded figures
 
 For one network of every registered family (trained at 32 x 32, 10 classes, batch 128), the
 engine's training loop (``fit``, cross-entropy, SGD) runs under every combination of precision
@@ -9,9 +10,10 @@ engine's training loop (``fit``, cross-entropy, SGD) runs under every combinatio
 convolutions as GEMMs (on or off). Images per second are the median of the timed epochs (the first
 epoch is a warm-up) and of ``--rounds`` rounds, the combinations interleaved so that a drift of the
 machine's speed hits all of them. A family keeps the general default (bf16 where native,
-channels_last, small-conv GEMM) unless another combination is at least ``--margin`` faster, so
-noise does not flip a choice. ``--write`` stores the choices and every figure for this CPU type
-(``cpu_isa()``) in ``src/kdpipe/engine/rules.json``, which ``train.*: auto`` reads at run time
+channels_last, small-conv GEMM) unless the fastest combination beats it by ``--margin``; then, of
+the combinations within ``--margin`` of the fastest, the one that changes fewest settings (a
+precision change counting double), so noise does not flip a setting. ``--write`` stores the
+choices, every figure and the conditions for this CPU type (``cpu_isa()``) in ``src/kdpipe/engine/rules.json``, which ``train.*: auto`` reads at run time
 (``kdpipe.engine.rules``); other CPU types' entries are kept. Each line ends with the combination's
 speed against the default, as ``N.NNx``.
 """
@@ -26,6 +28,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
@@ -34,7 +37,7 @@ import torch  # noqa: E402
 
 from kdpipe.config import RoleConfig, TrainConfig  # noqa: E402
 from kdpipe.data.prepared import PreparedData, PreparedMeta, Split  # noqa: E402
-from kdpipe.engine.rules import RULES_FILE, family  # noqa: E402
+from kdpipe.engine.rules import RULES_FILE, EngineChoice, family, general_default  # noqa: E402
 from kdpipe.engine.runtime import cpu_has_fast_bf16, cpu_isa, setup_runtime  # noqa: E402
 from kdpipe.engine.trainer import fit  # noqa: E402
 from kdpipe.methods import build_method  # noqa: E402
@@ -53,20 +56,27 @@ REPRESENTATIVES = {
     "torchvision_mobilenet": "mobilenet_v2",
     "torchvision_vgg": "vgg11_bn",
 }
-def default_combo() -> dict:
-    """What ``auto`` gives a family the rule does not hold (engine/runtime.py)."""
-    return {"precision": "bf16" if cpu_has_fast_bf16() else "fp32", "channels_last": True, "small_conv_gemm": True}
 
 
-def combinations() -> list[dict]:
+def combinations() -> list[EngineChoice]:
     precisions = ["bf16", "fp32"] if cpu_has_fast_bf16() else ["fp32"]
-    return [{"precision": p, "channels_last": cl, "small_conv_gemm": g}
-            for p, cl, g in itertools.product(precisions, (True, False), (True, False))]
+    return [EngineChoice(p, cl, g) for p, cl, g in itertools.product(precisions, (True, False), (True, False))]
 
 
-def label(combo: dict) -> str:
-    return (f"{combo['precision']} {'NHWC' if combo['channels_last'] else 'NCHW'} "
-            f"{'gemm' if combo['small_conv_gemm'] else 'onednn'}")
+def changes(choice: EngineChoice, default: EngineChoice) -> int:
+    """How far ``choice`` departs from ``default``: a precision change (numerics) counts double."""
+    return (2 * (choice.precision != default.precision) + (choice.channels_last != default.channels_last)
+            + (choice.small_conv_gemm != default.small_conv_gemm))
+
+
+def choose(speeds: dict[str, float], combos: list[EngineChoice], default: EngineChoice, margin: float) -> EngineChoice:
+    """The default unless the fastest combination beats it by ``margin``; then, of the combinations
+    within ``margin`` of the fastest, the one that changes least (so noise flips no setting)."""
+    best = max(speeds[c.label] for c in combos)
+    if best <= (1 + margin) * speeds[default.label]:
+        return default
+    near = [c for c in combos if (1 + margin) * speeds[c.label] >= best]
+    return min(near, key=lambda c: (changes(c, default), -speeds[c.label]))
 
 
 def synthetic_data(n_train: int, n_val: int, seed: int = 0) -> PreparedData:
@@ -81,8 +91,9 @@ def synthetic_data(n_train: int, n_val: int, seed: int = 0) -> PreparedData:
                                "val": Split(images[n_train:], labels[n_train:])})
 
 
-def images_per_second(arch: str, combo: dict, data: PreparedData, batch: int, epochs: int) -> float:
-    cfg = TrainConfig(batch_size=batch, device="cpu", **combo)
+def images_per_second(arch: str, combo: EngineChoice, data: PreparedData, batch: int, epochs: int) -> float:
+    cfg = TrainConfig(batch_size=batch, device="cpu", precision=combo.precision, channels_last=combo.channels_last,
+                      small_conv_gemm=combo.small_conv_gemm)
     runtime = setup_runtime(cfg, seed=0, arch=arch)
     role = RoleConfig(arch=arch, epochs=epochs, optimizer="sgd", lr=0.05, weight_decay=5e-4, scheduler="none")
     method = build_method("none", build_model(arch, 10, 3, 32), None, None)
@@ -90,21 +101,45 @@ def images_per_second(arch: str, combo: dict, data: PreparedData, batch: int, ep
     return len(data["train"]) / statistics.median(h["epoch_seconds"] for h in result.history[1:])
 
 
-def choose(speeds: dict[str, float], combos: list[dict], margin: float) -> dict:
-    """The default combination unless another is at least ``margin`` faster."""
-    default = default_combo()
-    best = max(combos, key=lambda c: speeds[label(c)])
-    return best if speeds[label(best)] >= (1 + margin) * speeds[label(default)] else default
-
-
-def write_rules(cpu: str, entry: dict, path: Path = RULES_FILE) -> None:
+def write_rules(cpu: str, families: dict, path: Path = RULES_FILE) -> None:
+    """Record ``families`` (each with its own ``measured`` conditions) for CPU type ``cpu``; other
+    families and CPU types already in the file are kept."""
     rules = json.loads(path.read_text()) if path.exists() else {}
     rules.setdefault("about", "Per family and CPU type: the engine's settings for train.*: auto. Written by "
                      "benchmarks/engine_rule.py --write; never edited by hand.")
-    rules.setdefault("cpus", {})[cpu] = entry
+    entry = rules.setdefault("cpus", {}).setdefault(cpu, {})
+    entry["families"] = {**entry.get("families", {}), **families}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(rules, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
+
+
+def report(fam: str, arch: str, speeds: dict[str, float], choice: EngineChoice, combos: list[EngineChoice],
+           default: EngineChoice) -> None:
+    base = speeds[default.label]
+    print(f"\n{fam} ({arch})")
+    for combo in combos:
+        mark = " <- chosen" if combo == choice else ""
+        print(f"  {combo.label:22} {speeds[combo.label]:9.1f} img/s{mark:11}   {speeds[combo.label] / base:.2f}x")
+
+
+def recompute(margin: float | None) -> None:
+    """Apply the current choice rule to the figures already in the file (no measuring)."""
+    rules = json.loads(RULES_FILE.read_text())
+    for cpu, entry in rules["cpus"].items():
+        for fam, measured in entry["families"].items():
+            speeds = measured["images_per_second"]
+            combos = [c for c in (EngineChoice(p, cl, g) for p in ("bf16", "fp32") for cl in (True, False)
+                                  for g in (True, False)) if c.label in speeds]
+            default = general_default("bf16 NHWC gemm" in speeds)
+            conditions = measured.setdefault("measured", dict(entry.get("measured", {})))  # (once per CPU type)
+            if margin is not None:
+                conditions["margin"] = margin
+            choice = choose(speeds, combos, default, conditions["margin"])
+            measured["choice"] = asdict(choice)
+            report(f"{cpu} {fam}", measured["arch"], speeds, choice, combos, default)
+        entry.pop("measured", None)
+        write_rules(cpu, entry["families"])
 
 
 def main() -> None:
@@ -114,47 +149,42 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="training steps per epoch")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per measurement; the first is a warm-up")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--margin", type=float, default=0.05, help="how much faster than the default a choice must be")
+    parser.add_argument("--margin", type=float, default=None,
+                        help="how much faster than the default a choice must be (default 0.05)")
     parser.add_argument("--write", action="store_true", help=f"record this CPU type's choices in {RULES_FILE.name}")
+    parser.add_argument("--recompute", action="store_true",
+                        help="re-apply the choice to the figures in the file, measuring nothing")
     args = parser.parse_args()
+    if args.recompute:
+        return recompute(args.margin)
+    margin = 0.05 if args.margin is None else args.margin
     families = args.families.split(",")
     unknown = sorted(set(families) - set(REPRESENTATIVES))
     if unknown:
         parser.error(f"--families: unknown {', '.join(unknown)}; choose from {', '.join(REPRESENTATIVES)}")
     os.environ.setdefault("TQDM_DISABLE", "1")
-    cpu, combos = cpu_isa(), combinations()
+    cpu, combos, default = cpu_isa(), combinations(), general_default(cpu_has_fast_bf16())
     data = synthetic_data(args.batch * args.steps, 128)
-    print(f"CPU type {cpu} ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, batch {args.batch}, {args.steps} steps x {args.epochs - 1} timed epochs, "
-          f"{args.rounds} rounds")
+    conditions = {"date": time.strftime("%Y-%m-%d"), "cpu": _cpu_name(), "threads": torch.get_num_threads(),
+                  "torch": torch.__version__, "batch": args.batch, "image": "3x32x32", "margin": margin,
+                  "rounds": args.rounds, "steps": args.steps, "epochs": args.epochs}
+    print(f"CPU type {cpu} ({conditions['cpu']}), {conditions['threads']} threads, torch {torch.__version__}, "
+          f"batch {args.batch}, {args.steps} steps x {args.epochs - 1} timed epochs, {args.rounds} rounds")
     chosen = {}
     for fam in families:
         arch = REPRESENTATIVES[fam]
         assert family(arch) == fam, (arch, family(arch), fam)
-        runs = {label(c): [] for c in combos}
-        start = time.perf_counter()
+        runs = {c.label: [] for c in combos}
         for _ in range(args.rounds):
             for combo in combos:
-                runs[label(combo)].append(images_per_second(arch, combo, data, args.batch, args.epochs))
-        speeds = {k: statistics.median(v) for k, v in runs.items()}
-        choice = choose(speeds, combos, args.margin)
-        base = speeds[label(default_combo())]
-        print(f"\n{fam} ({arch}), {time.perf_counter() - start:.0f} s")
-        for combo in combos:
-            mark = " <- chosen" if combo == choice else ""
-            print(f"  {label(combo):22} {speeds[label(combo)]:9.1f} img/s{mark:11}   {speeds[label(combo)] / base:.2f}x")
-        chosen[fam] = {"arch": arch, "choice": choice, "images_per_second": {k: round(v, 1) for k, v in speeds.items()}}
+                runs[combo.label].append(images_per_second(arch, combo, data, args.batch, args.epochs))
+        speeds = {k: round(statistics.median(v), 1) for k, v in runs.items()}
+        choice = choose(speeds, combos, default, margin)
+        report(fam, arch, speeds, choice, combos, default)
+        chosen[fam] = {"arch": arch, "choice": asdict(choice), "images_per_second": speeds, "measured": conditions}
     if args.write:
-        write_rules(cpu, {"measured": {"date": time.strftime("%Y-%m-%d"), "cpu": _cpu_name(), "threads":
-                                       torch.get_num_threads(), "torch": torch.__version__, "batch": args.batch,
-                                       "image": "3x32x32", "margin": args.margin, "rounds": args.rounds},
-                          "families": {**_kept(cpu), **chosen}})
+        write_rules(cpu, chosen)
         print(f"\nwrote {RULES_FILE} ({cpu}: {', '.join(chosen)})")
-
-
-def _kept(cpu: str) -> dict:
-    """Families measured before on this CPU type and not re-measured now."""
-    return json.loads(RULES_FILE.read_text())["cpus"].get(cpu, {}).get("families", {}) if RULES_FILE.exists() else {}
 
 
 def _cpu_name() -> str:

@@ -171,7 +171,9 @@ def engine(args) -> dict:
                             compile=args.side == "engine+compile", teacher_chunk=args.teacher_chunk)
     n = len(classes)
     arch = args.student if args.mode == "distill" else args.teacher
-    runtime = setup_runtime(train_cfg, seed=0, arch=arch)  # auto: the family's measured rule (engine/rules.py)
+    live = args.mode == "distill" and args.side != "engine+cache"  # the cached side runs no teacher in the step
+    # auto: the measured rule for this family (and a live teacher's: engine/rules.py)
+    runtime = setup_runtime(train_cfg, seed=0, arch=arch, teacher_arch=args.teacher if live else None)
     role = RoleConfig(arch=arch, epochs=3, optimizer="sgd", lr=0.05, weight_decay=5e-4, scheduler="none")
     student = build_model(arch, n, 3, 32)
     if args.mode == "distill":

@@ -6,6 +6,7 @@ import json
 import logging
 import warnings
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnx
@@ -18,6 +19,14 @@ from kdpipe.models.checkpoint import ModelInfo
 
 log = logging.getLogger("kdpipe")
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+class Sliceable(Protocol):
+    """Float images read a batch at a time: an array, a tensor, or kdpipe.quantize.NormalisedSplit."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: slice) -> np.ndarray: ...
 
 
 def metadata_props(info: ModelInfo) -> dict[str, str]:
@@ -72,13 +81,13 @@ def ort_session(path: str | Path, threads: int | None = None):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def onnx_logits(session, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def onnx_logits(session, x: Sliceable, batch_size: int = 256) -> np.ndarray:
     name = session.get_inputs()[0].name
     outs = [session.run(None, {name: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)]
     return np.concatenate(outs) if outs else np.empty((0,))
 
 
-def check_parity(model: nn.Module, onnx_path: str | Path, inputs, atol: float, batch_size: int = 256) -> float:
+def check_parity(model: nn.Module, onnx_path: str | Path, inputs: Sliceable, atol: float, batch_size: int = 256) -> float:
     """Max |logit difference| ONNX Runtime vs PyTorch over ``inputs`` (float images: a tensor, an
     array or anything that slices into batches of them), a batch at a time, and for the first image
     alone (batch 1); error above atol."""
@@ -86,7 +95,8 @@ def check_parity(model: nn.Module, onnx_path: str | Path, inputs, atol: float, b
     model = model.eval()
     diff = 0.0
     for start in range(0, len(inputs), batch_size):
-        x = np.ascontiguousarray(np.asarray(inputs[start : start + batch_size], dtype=np.float32))
+        batch = inputs[start : start + batch_size]
+        x = np.ascontiguousarray((batch.float().numpy() if isinstance(batch, torch.Tensor) else batch), np.float32)
         with torch.no_grad():
             ref = model(torch.from_numpy(x)).numpy()
         diff = max(diff, float(np.abs(onnx_logits(session, x, batch_size) - ref).max()))

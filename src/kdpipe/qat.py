@@ -124,7 +124,8 @@ def qat_distill(params: Params, student: nn.Module, data: PreparedData) -> tuple
     cfg = params.quantize.qat
     teacher_role = params.distill.teacher
     teacher, teacher_info = load_checkpoint(paths.checkpoint_path(teacher_role), paths.STAGE_OF_ROLE[teacher_role])
-    runtime = setup_runtime(params.train.model_copy(update={"precision": "fp32"}), params.seed + SEED_OFFSET)
+    runtime = setup_runtime(params.train.model_copy(update={"precision": "fp32"}), params.seed + SEED_OFFSET,
+                            params.student.arch, teacher_info.arch)
     model = prepare_qat(student)
     link = params.distill.model_copy(update={"method": "kd"})
     context = MethodContext(where="distill", input_shape=data.meta.image_shape, teacher_arch=teacher_info.arch,

@@ -89,6 +89,8 @@ class NormalisedSplit:
         return len(self.images)
 
     def __getitem__(self, index: slice) -> np.ndarray:
+        if not isinstance(index, slice):
+            raise TypeError("NormalisedSplit is read in batches: index it with a slice")
         return self.transform(self.images[index]).numpy()
 
 
@@ -228,7 +230,7 @@ def quantize_student(params: Params) -> None:
         "dynamic_int8": paths.STUDENT_DYNAMIC_INT8_ONNX,
         "qat_int8": paths.STUDENT_QAT_INT8_ONNX,
     }
-    acc = {name: onnx_accuracy(path, val_x, val_y) for name, path in files.items()}
+    acc = {name: onnx_accuracy(path, val_x, val_y) for name, path in files.items()}  # (normalised again per file: cheap)
     trials = {}
     if acc["fp32"] - acc["int8"] > cfg.max_drop:
         trials = calibration_trials(paths.STUDENT_ONNX, calib, cfg, val_x, val_y)

@@ -75,13 +75,16 @@ def train_link(
     resuming from ``checkpoints`` when they hold this run's state."""
     role_cfg = params.role(role)
     seed = (params.seed if seed is None else seed) + ROLE_SEED_OFFSET[role]
-    runtime = setup_runtime(params.train, seed, role_cfg.arch)
-    data = load_prepared(paths.PREPARED_DIR)
-    meta = data.meta
-
     default_link, teacher_role = link_for(params, role)
     link = link or default_link
     method_name = link.method if link is not None else "none"
+    # a teacher run live in every step shares the step's precision and memory format
+    live_teacher = METHODS[method_name].needs_teacher and not (METHODS[method_name].logits_only and link.cache_views)
+    runtime = setup_runtime(params.train, seed, role_cfg.arch,
+                            teacher_arch=params.role(teacher_role).arch if live_teacher else None)
+    data = load_prepared(paths.PREPARED_DIR)
+    meta = data.meta
+
     where = "distill" if role == "student" else f"{role}.distill"
     if link is not None:
         check_link(link, where)

@@ -9,7 +9,7 @@ import torch
 from kdpipe.config import AugmentConfig, DistillConfig, RoleConfig, TrainConfig
 from kdpipe.engine import resume
 from kdpipe.engine.resume import CheckpointWriteError, EpochCheckpoints
-from kdpipe.engine.runtime import resolve_precision, setup_runtime
+from kdpipe.engine.runtime import setup_runtime
 from kdpipe.engine.trainer import NonFiniteLossError, fit
 from kdpipe.methods import build_method
 from kdpipe.methods.common.base import Method, MethodContext
@@ -119,8 +119,9 @@ def test_partial_foreign_and_finished_state_is_not_resumed(tmp_path, caplog):
     ckpt = interrupted(tmp_path)
     (ckpt.dir / "epoch-0002.pt.sha256").unlink()  # killed between the two writes
     (ckpt.dir / ".epoch-0003.pt.abc.tmp").write_bytes(b"half")  # killed inside a write
-    # what fit looks for: the run id bound to the resolved device, precision, processes, threads
-    bound = ckpt.bound_to("cpu", resolve_precision("auto", torch.device("cpu")), 1, torch.get_num_threads())
+    # what fit looks for: the run id bound to the resolved device, precision, processes, threads, layout, GEMM
+    rt = setup_runtime(TrainConfig(device="cpu"), seed=0)
+    bound = ckpt.bound_to("cpu", rt.precision, 1, torch.get_num_threads(), rt.channels_last, rt.small_conv_gemm)
     assert bound.latest()["epoch"] == 1
     assert "interrupted" in caplog.text and not list(ckpt.dir.glob(".*.tmp"))
     assert EpochCheckpoints(ckpt.dir, run_id="other params").latest() is None

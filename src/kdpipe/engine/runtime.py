@@ -12,7 +12,7 @@ import torch
 
 from kdpipe.config import TrainConfig
 from kdpipe.distributed import distributed_env, init_distributed
-from kdpipe.engine.rules import EngineChoice, family, measured_choice
+from kdpipe.engine.rules import EngineChoice, resolve_choice
 from kdpipe.errors import ConfigError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -50,8 +50,8 @@ class Runtime:
     world_size: int = 1
     distributed: bool = False  # in a torchrun job (DDP), of one process or more
     channels_last: bool = True  # models and batches in NHWC
-    small_conv_gemm: bool = False  # CPU: small 3x3 convolutions as im2col + GEMM (engine/small_conv.py)
-    rule: str = ""  # where ``auto`` settings came from: "<cpu type>/<family>" of engine/rules.json
+    small_conv_gemm: bool = True  # on CPUs: small 3x3 convolutions as im2col + GEMM (engine/small_conv.py)
+    rule_source: str = ""  # where ``auto`` settings came from: "<cpu type>/<family>" of engine/rules.json
 
     @property
     def is_main(self) -> bool:
@@ -74,7 +74,7 @@ class Runtime:
         ddp = f", DDP rank {self.rank} of {self.world_size}" if self.distributed else ""
         layout = ", channels_last" if self.channels_last else ""
         gemm = ", small-conv GEMM" if self.small_conv_gemm else ""
-        rule = f" (measured rule {self.rule})" if self.rule else ""
+        rule = f" (measured rule {self.rule_source})" if self.rule_source else ""
         return f"{self.device.type} {self.precision}{layout}{gemm}{rule}, {torch.get_num_threads()} threads{ddp}"
 
 
@@ -98,21 +98,16 @@ def resolve_precision(requested: str, device: torch.device, choice: EngineChoice
     return choice.precision if choice is not None else "bf16"
 
 
-def engine_choice(device: torch.device, arch: str | None) -> EngineChoice | None:
-    """The measured settings for training ``arch`` on this CPU (engine/rules.py); None on GPUs,
-    without an architecture, or where nothing was measured."""
-    return measured_choice(cpu_isa(), arch) if device.type == "cpu" and arch else None
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-def setup_runtime(cfg: TrainConfig, seed: int, arch: str | None = None) -> Runtime:
-    """Device, precision, memory format and threads for training ``arch`` (its family's measured
-    rule decides the settings left at ``auto``), seeded and, under torchrun, joined to the group."""
+def setup_runtime(cfg: TrainConfig, seed: int, arch: str | None = None, teacher_arch: str | None = None) -> Runtime:
+    """Device, precision, memory format and threads for training ``arch`` (from a live
+    ``teacher_arch``, if any; the measured rule decides the settings left at ``auto``: see
+    engine/rules.py), seeded and, under torchrun, joined to the group."""
     device = resolve_device(cfg.device)
     _, local_rank, world = distributed_env()
     if device.type == "cuda" and world > 1:
@@ -139,13 +134,15 @@ def setup_runtime(cfg: TrainConfig, seed: int, arch: str | None = None) -> Runti
     seed_everything(seed)  # the same on every rank: same initial weights, same batch order
     rank, world = init_distributed(device)
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    choice = engine_choice(device, arch)
+    choice, source = None, ""
+    if device.type == "cpu":
+        choice, source = resolve_choice(cpu_isa(), cpu_has_fast_bf16(), arch, teacher_arch)
     settings = (cfg.precision, cfg.channels_last, cfg.small_conv_gemm)
     channels_last = cfg.channels_last if cfg.channels_last != "auto" else (choice.channels_last if choice else True)
     small_conv = cfg.small_conv_gemm if cfg.small_conv_gemm != "auto" else (choice.small_conv_gemm if choice else True)
     return Runtime(device, resolve_precision(cfg.precision, device, choice), rank, world, distributed,
                    channels_last=channels_last, small_conv_gemm=device.type == "cpu" and small_conv,
-                   rule=f"{cpu_isa()}/{family(arch)}" if choice is not None and "auto" in settings else "")
+                   rule_source=source if "auto" in settings else "")
 
 
 def teacher_chunk(cfg: TrainConfig, device: torch.device) -> int:

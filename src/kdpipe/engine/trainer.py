@@ -262,9 +262,9 @@ def fit(
                                     state.generators["augment"], runtime.autocast, train_cfg.eval_batch_size)
     loader = StepLoader(train, transform, train_cfg.augment, batch_size, shard, state.generators, device,
                         cache, method.needs_indices)
-    if checkpoints is not None:  # state from another device, precision or process count is another run
+    if checkpoints is not None:  # state from another device, precision, layout or process count is another run
         checkpoints = checkpoints.bound_to(runtime.device.type, runtime.precision, runtime.world_size,
-                                           torch.get_num_threads())
+                                           torch.get_num_threads(), runtime.channels_last, runtime.small_conv_gemm)
     saved = load_state(checkpoints, runtime)
     if saved is not None:
         state.restore(saved, device)
@@ -274,7 +274,7 @@ def fit(
     start = time.perf_counter()
     # small convs: the trained networks only (the teacher is outside the method's module tree)
     with (
-        small_convs_as_gemm(method.modules(), runtime.small_conv_gemm),
+        small_convs_as_gemm(method.modules(), device.type == "cpu" and runtime.small_conv_gemm),
         compiled(method, train_cfg.compile),
     ):
         for epoch in range(state.epochs_done + 1, role.epochs + 1):
