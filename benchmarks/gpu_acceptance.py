@@ -7,7 +7,8 @@ Checks, each PASS or FAIL with its figures (a table on stdout, JSON in --out):
 1. ``chain``: full CIFAR-10 (the shipped JPEG tarball or an unpacked ImageFolder tree), a
    ResNet-18 teacher trained with cross-entropy, then a ResNet-18 student distilled from it
    (``kd``), through the engine (bf16, channels-last, GPU-resident batches); test accuracies and
-   seconds per stage, selection on the validation split.
+   seconds per stage, selection on the validation split; the teacher's recipe once more in a plain
+   PyTorch loop, the control the engine's teacher must match.
 2. ``kd_step``: ResNet-50 -> ResNet-18 KD training steps at batch 512 (CIFAR-size inputs), bf16,
    compile off and on: images/s and achieved TFLOP/s as a fraction of this GPU's bf16 matmul
    peak, measured in the same run (8192^3). (ResNet-56 -> ResNet-20 joins once the CIFAR ResNets are in
@@ -131,6 +132,39 @@ def recipe(arch: str, epochs: int) -> RoleConfig:
                       warmup_fraction=0.2)
 
 
+def plain_loop_accuracy(data: PreparedData, device: str, smoke: bool) -> tuple[float, float]:
+    """The control: the teacher's recipe in a plain PyTorch loop (no kdpipe engine; kdpipe's batch
+    augmentation), on the same data. Returns (test accuracy after the last epoch, seconds)."""
+    import torch.nn.functional as F
+
+    dev, cfg, role = torch.device(device), train_cfg(device, budget("batch", smoke)), recipe("resnet18", budget("teacher_epochs", smoke))
+    torch.manual_seed(0)
+    model = build_model("resnet18", data.meta.num_classes, data.meta.channels, data.meta.height)
+    model = model.to(dev, memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=role.lr, momentum=0.9, nesterov=True, weight_decay=role.weight_decay)
+    train = data["train"]
+    steps = len(train) // cfg.batch_size
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=role.lr, total_steps=role.epochs * steps,
+                                                   pct_start=role.warmup_fraction)
+    transform, generator = BatchTransform(data.meta, dev, True), torch.Generator(device=dev).manual_seed(1)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    start = time.perf_counter()
+    for _ in range(role.epochs):
+        model.train()
+        order = torch.randperm(len(train))
+        for s in range(steps):
+            idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+            x, y = transform(train.images[idx], cfg.augment, generator), train.labels[idx].to(dev)
+            with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
+                loss = F.cross_entropy(model(x), y, label_smoothing=role.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            schedule.step()
+    seconds = time.perf_counter() - start
+    return test_accuracy(model.to(memory_format=torch.contiguous_format), data, 1024), seconds
+
+
 def check_chain(data: PreparedData, device: str, smoke: bool) -> tuple[dict, torch.nn.Module]:
     cfg = train_cfg(device, budget("batch", smoke))
     meta = data.meta
@@ -143,14 +177,20 @@ def check_chain(data: PreparedData, device: str, smoke: bool) -> tuple[dict, tor
     context = MethodContext(teacher_chunk=teacher_chunk(cfg, runtime.device))
     method = build_method("kd", student, teacher, DistillConfig(method="kd", temperature=4.0, alpha=0.9), 0.1, context)
     s_result = fit(method, recipe("resnet18", budget("student_epochs", smoke)), cfg, data, runtime, 1, desc="student")
+    plain_acc, plain_seconds = plain_loop_accuracy(data, device, smoke)
     figures = {
         "precision": runtime.precision, "train_images": len(data["train"]), "test_images": len(data["test"]),
         "teacher_test_acc": round(test_accuracy(teacher, data, 1024), 4), "teacher_seconds": round(t_result.train_seconds, 1),
+        "plain_loop_test_acc": round(plain_acc, 4), "plain_loop_seconds": round(plain_seconds, 1),
         "student_test_acc": round(test_accuracy(student, data, 1024), 4), "student_seconds": round(s_result.train_seconds, 1),
         "gpu_peak_memory_mb": round(s_result.history[-1].get("gpu_peak_memory_mb", 0.0), 1),
     }
-    # full CIFAR-10, 12 epochs each: a ResNet-18 passes 90%; the smoke run only has to finish
-    ok = smoke or (figures["teacher_test_acc"] >= 0.90 and figures["student_test_acc"] >= 0.90)
+    # The engine must train as well as a plain loop with the same recipe (a missing sync, a wrong
+    # schedule or augmentation would show here), and KD must not lose the teacher. The floor is what
+    # this recipe reaches on the shipped JPEGs in 12 epochs (82-83% test in five H200 runs,
+    # 2026-12-04; the original PNG CIFAR-10 scores higher). The smoke run only has to finish.
+    t, s = figures["teacher_test_acc"], figures["student_test_acc"]
+    ok = smoke or (t >= 0.80 and t >= plain_acc - 0.015 and s >= t - 0.02)
     return {"pass": ok, **figures}, student
 
 
@@ -199,10 +239,13 @@ def check_kd_step(device: str, smoke: bool) -> dict:
             loss.backward()
             opt.step()
 
+        # FLOPs from an eager step: under a dispatch mode Dynamo does not compile (torch 2.11 then
+        # left the frame eager for good, so "compiled" timed eager steps)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step()
         with compiled(method, compile_):
-            counter = FlopCounterMode(display=False)
-            with counter:
-                step()  # (also the warm-up, and the compilation when on)
+            step()  # the warm-up, and the compilation when on
             step()
             sync(dev)
             start = time.perf_counter()
