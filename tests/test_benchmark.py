@@ -5,6 +5,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -160,6 +161,12 @@ def test_a_tiny_benchmark_runs_caches_its_cells_and_reruns_only_a_changed_method
         assert (row["teacher"], row["student"], row["seeds"]) == ("resnet20", "resnet8", [1, 2])
         assert 0 < row["test_accuracy_best_val"] <= 1 and row["runs"] == 2
     assert repro() == []
+    # benchmarks/loss_balance.py reads a run experiment: the pair's teacher, its data, its distill settings
+    balance = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "loss_balance.py"), str(bench), "p", "kd",
+                              "--batch", "16"], env=tool_env(), capture_output=True, text=True)
+    assert balance.returncode == 0, balance.stdout + balance.stderr
+    norms = re.search(r"\|grad ce\| (\S+) +\|grad \(loss - ce\)\| (\S+) +ratio (\S+)x", balance.stdout)
+    assert norms and float(norms[1]) > 0 and float(norms[2]) > 0, balance.stdout
     commit_all(ws, "ran")
     kd = ws / "src" / "kdpipe" / "methods" / "kd.py"
     kd.write_text(kd.read_text() + "\n# edited\n")
