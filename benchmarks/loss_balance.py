@@ -4,9 +4,9 @@
 
 For a benchmark experiment (its params.yaml, its prepared data and the pair's trained teacher,
 ``models/teacher_<pair>.pt``: run it after the experiment's teacher stage), builds the pair's
-student as training does (seeded, data-initialised) and the method with the experiment's
-``distill`` settings, runs one batch of the first ``--batch`` training images (no augmentation),
-and prints: the cross-entropy with the labels (the loss of ``none``), each term the method
+student as a cell's training does (the same seed and data initialisation) and the method with the experiment's
+``distill`` settings (at its first epoch's progress, for methods with ramps), runs one batch of
+the first ``--batch`` training images (no augmentation, fp32), and prints: the cross-entropy with the labels (the loss of ``none``), each term the method
 reports, and the norms of the gradients on the student's trainable weights of (a) that
 cross-entropy and (b) the rest of the method's loss (its loss minus the cross-entropy: the
 weighted feature term of a feature method; for ``kd``, alpha x (T^2 KL - CE)), their ratio, and
@@ -34,7 +34,7 @@ from kdpipe.data.prepared import load_prepared  # noqa: E402
 from kdpipe.methods import Batch, MethodContext, build_method, link_with  # noqa: E402
 from kdpipe.models.checkpoint import load_checkpoint  # noqa: E402
 from kdpipe.models.registry import build_model, init_from_data  # noqa: E402
-from kdpipe.training import DATA_INIT_IMAGES  # noqa: E402
+from kdpipe.training import DATA_INIT_IMAGES, ROLE_SEED_OFFSET  # noqa: E402
 
 
 def grad_norm(loss: torch.Tensor, weights: list[torch.nn.Parameter]) -> tuple[float, list[torch.Tensor | None]]:
@@ -48,7 +48,7 @@ def main() -> int:
     parser.add_argument("pair", help="one of its benchmark.pairs")
     parser.add_argument("method", help="a distillation method (its settings: the experiment's distill.<method>)")
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0, help="the student's initialisation")
+    parser.add_argument("--seed", type=int, default=42, help="the cell's seed (the student's initialisation)")
     parser.add_argument("--top", type=int, default=4, help="how many of the hardest-pulled weights to list")
     args = parser.parse_args()
     os.chdir(args.experiment)  # the experiment's relative paths (params.yaml, data/prepared, models/)
@@ -58,12 +58,15 @@ def main() -> int:
     data = load_prepared(paths.PREPARED_DIR)
     meta, arch = data.meta, params.student.arch
     transform = BatchTransform(meta, torch.device("cpu"), channels_last=False)
-    torch.manual_seed(args.seed)
-    student = build_model(arch, meta.num_classes, meta.channels, max(meta.height, meta.width))
+    size = max(meta.height, meta.width)
+    torch.manual_seed(args.seed + ROLE_SEED_OFFSET["student"])  # as setup_runtime seeds a cell's student
+    student = build_model(arch, meta.num_classes, meta.channels, size)
     init_from_data(arch, student, transform(data["train"].images[:DATA_INIT_IMAGES]))
     context = MethodContext(input_shape=meta.image_shape, student_arch=arch, teacher_arch=info.arch,
-                            num_train=len(data["train"]))
+                            num_train=len(data["train"]),
+                            build_network=lambda name: build_model(name, meta.num_classes, meta.channels, size))
     method = build_method(args.method, student, teacher, link, params.student.label_smoothing, context).train()
+    method.set_progress(1, params.student.epochs)
     batch = Batch(transform(data["train"].images[: args.batch]), data["train"].labels[: args.batch],
                   torch.arange(args.batch))
     logits, loss, terms = method(batch)
