@@ -12,10 +12,11 @@ import yaml
 
 from conftest import ROOT, commit_all, make_workspace, tiny_params, tool_env
 from kdpipe.benchmark import benchmark_table, cell_path, markdown_table, pair_params, teacher_metrics_path
-from kdpipe.config import parse_params
+from kdpipe.config import check_all, parse_params
 from kdpipe.errors import ConfigError, MissingInputError
 from kdpipe.io import write_json
 from kdpipe.methods import METHODS, link_with
+from kdpipe.methods.common.base import method_settings
 from test_dvc_yaml import covers, traced_imports
 
 PAIRS = {"r56_r20": {"teacher": "resnet56", "student": "resnet20"},
@@ -63,6 +64,42 @@ def test_each_method_of_the_matrix_needs_its_distill_section():
         parse_params(p)
     cells = yaml.safe_load((ROOT / "experiments" / "cifar10_cpu" / "dvc.yaml").read_text())["stages"]["cell"]["params"]
     assert "distill.${item.method}" in cells and "distill" not in cells
+
+
+def per_pair_params(dkd: dict):
+    p = tiny_params()
+    p["benchmark"] = {"pairs": PAIRS, "methods": ["kd", "dkd"], "seeds": [1]}
+    p["distill"].update({"kd": {}, "dkd": dkd})
+    return parse_params(p)
+
+
+def test_a_method_setting_per_pair_applies_to_that_pair_only():
+    """mdistiller's DKD β is 2 for ResNet-56 -> ResNet-20 and 8 by default: distill.<method>.per_pair."""
+    params = per_pair_params({"beta": 8.0, "warmup_epochs": 2, "per_pair": {"r56_r20": {"beta": 2.0}}})
+    check_all(params)
+    settings = {pair: method_settings(METHODS["dkd"], link_with(pair_params(params, pair).distill, "dkd"), "distill")
+                for pair in PAIRS}
+    assert (settings["r56_r20"].beta, settings["r56_r20"].warmup_epochs) == (2.0, 2)
+    assert (settings["w_s"].beta, settings["w_s"].warmup_epochs) == (8.0, 2)
+    assert pair_params(params, "w_s").distill.model_extra["kd"] == {}
+
+
+@pytest.mark.parametrize("dkd, message", [
+    ({"per_pair": {"r56_r2": {"beta": 2.0}}}, r"distill.dkd.per_pair.r56_r2: no such benchmark pair \(did you mean 'r56_r20'\?\)"),
+    ({"per_pair": ["r56_r20"]}, r"distill.dkd.per_pair: a mapping <pair>"),
+    ({"per_pair": {"r56_r20": 2.0}}, r"distill.dkd.per_pair.r56_r20: a mapping of the method's settings"),
+    ({"per_pair": {"r56_r20": {"bta": 2.0}}}, r"distill.dkd.bta: unknown key \(did you mean 'beta'\?\) \(benchmark pair 'r56_r20'"),
+])
+def test_bad_per_pair_settings_name_the_key(dkd, message):
+    with pytest.raises(ConfigError, match=message):
+        check_all(per_pair_params(dkd))
+
+
+def test_per_pair_settings_need_a_benchmark():
+    p = tiny_params()
+    p["distill"]["dkd"] = {"per_pair": {"r56_r20": {"beta": 2.0}}}
+    with pytest.raises(ConfigError, match=r"distill.dkd.per_pair: settings per benchmark pair, but benchmark.pairs names no pair"):
+        parse_params(p)
 
 
 def test_one_distill_section_serves_logit_and_feature_methods():

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from kdpipe import paths
 from kdpipe.compare import SCORES, aggregate, run_one, test_accuracy
-from kdpipe.config import Params
+from kdpipe.config import Params, for_pair
 from kdpipe.data.prepared import load_prepared
 from kdpipe.errors import ConfigError, MissingInputError
 from kdpipe.io import atomic_path, read_json, write_json
@@ -36,7 +36,8 @@ TEACHERS_DIR = paths.METRICS_DIR / "teachers"
 
 def pair_params(params: Params, pair: str) -> Params:
     """The experiment's params with the pair's architectures (and learning rates) in the teacher
-    and student recipes; the student learns from the teacher directly."""
+    and student recipes and its method settings (``distill.<method>.per_pair.<pair>``) in the
+    link; the student learns from the teacher directly."""
     for role in ("teacher", "student"):
         if params.role(role).checkpoint:
             raise ConfigError(f"{role}.checkpoint: a benchmark trains every pair's networks itself; unset it")
@@ -49,7 +50,7 @@ def pair_params(params: Params, pair: str) -> Params:
     return params.model_copy(update={
         "teacher": params.teacher.model_copy(update=teacher),
         "student": params.student.model_copy(update=student),
-        "distill": params.distill.model_copy(update={"teacher": "teacher"}),
+        "distill": for_pair(params.distill, pair).model_copy(update={"teacher": "teacher"}),
     })
 
 

@@ -243,6 +243,23 @@ class DistillConfig(Section):
         return self
 
 
+PER_PAIR = "per_pair"  # distill.<method>.per_pair.<pair>: a benchmark pair's own settings for the method
+
+
+def for_pair(link: DistillConfig, pair: str) -> DistillConfig:
+    """The link as benchmark pair ``pair`` runs it: each method section's ``per_pair.<pair>``
+    settings over the section's own, ``per_pair`` itself dropped (a published recipe may set a
+    method per pair: mdistiller's DKD β is 2 for ResNet-56 -> ResNet-20, 8 by default)."""
+    sections = {}
+    for name, raw in (link.model_extra or {}).items():
+        if isinstance(raw, dict) and PER_PAIR in raw:
+            own = {k: v for k, v in raw.items() if k != PER_PAIR}
+            sections[name] = own | (raw[PER_PAIR] or {}).get(pair, {})
+    if not sections:
+        return link
+    return type(link).model_validate(link.model_dump() | sections)
+
+
 class AssistantConfig(RoleConfig):
     distill: DistillConfig = DistillConfig()
 
@@ -405,6 +422,21 @@ class Params(Section):
                     "benchmark.methods: each method needs its section under distill, which its cells depend on; add "
                     + ", ".join(f"'{m}: {{}}'" for m in missing) + " (empty: the method's defaults)"
                 )
+        for method, raw in (self.distill.model_extra or {}).items():
+            if not isinstance(raw, dict) or PER_PAIR not in raw:
+                continue
+            where = f"distill.{method}.{PER_PAIR}"
+            if not self.benchmark.pairs:
+                raise ValueError(f"{where}: settings per benchmark pair, but benchmark.pairs names no pair")
+            if not isinstance(raw[PER_PAIR], dict):
+                raise ValueError(f"{where}: a mapping <pair>: {{<setting>: <value>}}, got {raw[PER_PAIR]!r}")
+            for pair, settings in raw[PER_PAIR].items():
+                if pair not in self.benchmark.pairs:
+                    close = difflib.get_close_matches(str(pair), list(self.benchmark.pairs), n=1)
+                    hint = f" (did you mean '{close[0]}'?)" if close else ""
+                    raise ValueError(f"{where}.{pair}: no such benchmark pair{hint}; pairs: {', '.join(self.benchmark.pairs)}")
+                if not isinstance(settings, dict):
+                    raise ValueError(f"{where}.{pair}: a mapping of the method's settings, got {settings!r}")
         return self
 
     def role(self, name: str) -> RoleConfig:
@@ -447,7 +479,7 @@ def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
         return f"{loc}.{unknown.group(1)}: unknown key{unknown.group(2)}"
     value = err.get("input")
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
-    return f"{loc}: {msg}{shown}"
+    return f"{loc}: {msg}{shown}" if loc else msg  # a whole-file check names its keys itself
 
 
 def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
@@ -476,12 +508,20 @@ def check_all(params: Params) -> None:
     compared method: imports those methods' code, so stages call it only for what they train."""
     from kdpipe.methods import check_link, link_with
 
-    for where, link in params.links().items():
-        check_link(link, where)
-    for method in params.compare.methods:
-        check_link(params.distill.model_copy(update={"method": method}), "distill")
-    for method in params.benchmark.methods:
-        check_link(link_with(params.distill, method), "distill")
+    check_link(params.assistant.distill, "assistant.distill")
+    # a benchmark's student link as each of its pairs runs it, per-pair method settings applied
+    for pair in params.benchmark.pairs or [None]:
+        link = params.distill if pair is None else for_pair(params.distill, pair)
+        try:
+            check_link(link, "distill")
+            for method in params.compare.methods:
+                check_link(link.model_copy(update={"method": method}), "distill")
+            for method in params.benchmark.methods:
+                check_link(link_with(link, method), "distill")
+        except ConfigError as exc:
+            if link is params.distill:
+                raise
+            raise ConfigError(f"{exc} (benchmark pair '{pair}', its distill.<method>.{PER_PAIR}.{pair} settings applied)") from None
 
 
 if __name__ == "__main__":  # python -m kdpipe.config [params.yaml]: check the whole file in seconds
