@@ -15,7 +15,7 @@ from kdpipe.benchmark import benchmark_table, cell_path, markdown_table, pair_pa
 from kdpipe.config import check_all, parse_params
 from kdpipe.errors import ConfigError, MissingInputError
 from kdpipe.io import write_json
-from kdpipe.methods import METHODS, link_with
+from kdpipe.methods import METHODS, check_link, link_with
 from kdpipe.methods.common.base import method_settings
 from test_dvc_yaml import covers, traced_imports
 
@@ -93,6 +93,21 @@ def test_a_method_setting_per_pair_applies_to_that_pair_only():
 def test_bad_per_pair_settings_name_the_key(dkd, message):
     with pytest.raises(ConfigError, match=message):
         check_all(per_pair_params(dkd))
+
+
+def test_the_link_as_written_leaves_per_pair_settings_out():
+    """The default and compare pipelines run params.distill itself: there, per_pair is not a method setting."""
+    params = per_pair_params({"beta": 8.0, "per_pair": {"r56_r20": {"beta": 2.0}}})
+    check_link(params.distill, "distill")
+    assert method_settings(METHODS["dkd"], params.distill, "distill").beta == 8.0
+
+
+def test_an_error_outside_per_pair_settings_names_no_pair():
+    p = tiny_params()
+    p["benchmark"] = {"pairs": PAIRS, "methods": ["kd", "dkd"], "seeds": [1]}
+    p["distill"].update({"kd": {"bogus": 1}, "dkd": {"per_pair": {"r56_r20": {"beta": 2.0}}}})
+    with pytest.raises(ConfigError, match=r"^distill.kd: method 'kd' takes no settings of its own$"):
+        check_all(parse_params(p))
 
 
 def test_per_pair_settings_need_a_benchmark():

@@ -509,9 +509,12 @@ def check_all(params: Params) -> None:
     from kdpipe.methods import check_link, link_with
 
     check_link(params.assistant.distill, "assistant.distill")
-    # a benchmark's student link as each of its pairs runs it, per-pair method settings applied
-    for pair in params.benchmark.pairs or [None]:
+    # the student link as written, then as each benchmark pair runs it (its per-pair settings
+    # applied): an error only there comes from those settings
+    for pair in [None, *params.benchmark.pairs]:
         link = params.distill if pair is None else for_pair(params.distill, pair)
+        if pair is not None and link is params.distill:
+            continue
         try:
             check_link(link, "distill")
             for method in params.compare.methods:
@@ -519,7 +522,7 @@ def check_all(params: Params) -> None:
             for method in params.benchmark.methods:
                 check_link(link_with(link, method), "distill")
         except ConfigError as exc:
-            if link is params.distill:
+            if pair is None:
                 raise
             raise ConfigError(f"{exc} (benchmark pair '{pair}', its distill.<method>.{PER_PAIR}.{pair} settings applied)") from None
 

@@ -18,6 +18,7 @@ import torch
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
+from kdpipe.config import PER_PAIR
 from kdpipe.errors import ConfigError
 from kdpipe.methods import METHODS, Batch, MethodContext
 from kdpipe.models import MODEL_FILE_ARCHS
@@ -35,8 +36,12 @@ def register_method(name: str):
 
 
 def method_settings(method: type[Method], cfg: DistillConfig | None, where: str) -> BaseModel | None:
-    """``<where>.<method>`` validated by the method's schema (defaults where the section is absent)."""
+    """``<where>.<method>`` validated by the method's schema (defaults where the section is absent).
+    A benchmark's ``per_pair`` settings are not the method's own: its cells apply them
+    (``kdpipe.config.for_pair``), and any other run of the link leaves them out."""
     raw = (getattr(cfg, "model_extra", None) or {}).get(method.name)
+    if isinstance(raw, dict):
+        raw = {k: v for k, v in raw.items() if k != PER_PAIR}
     if method.Params is None:
         if raw:  # an empty section ({}: benchmark matrices list one per method) sets nothing
             raise ConfigError(f"{where}.{method.name}: method '{method.name}' takes no settings of its own")
